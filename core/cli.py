@@ -1,0 +1,185 @@
+"""The standard command line of every papers/<paper>/train.py:
+
+    python papers/<paper>/train.py --config NAME [--seed N] [--output-dir DIR] [--set field=value ...]
+
+--set values are parsed to the dataclass field's annotated type (int, float, bool, str, Path, Literal,
+Optional, tuple[...] / list[...] written as "1,2,3"); nested dataclass fields are reached with dots
+("loop.max_steps=10"). Configs are data, never evaluated as code. Every mistake is one `error: ...` line on
+stderr and exit code 2; set HA_DEBUG=1 to see tracebacks of UserErrors raised later by the run itself.
+"""
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import NoReturn
+
+from core.errors import UserError
+from core.results import save_result
+
+_TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+
+
+def fail(message: str) -> NoReturn:
+    """Print `error: <message>` on stderr and exit with status 2."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one `error: ...` line (argparse prints the whole usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        fail(message)
+
+
+def parse_value(text: str, tp) -> object:
+    """Parse one --set value to the annotated type `tp`; ValueError says what was expected."""
+    origin, args = typing.get_origin(tp) or (tp if tp in (tuple, list) else None), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and text.lower() in ("none", "null"):
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return parse_value(text, option)
+            except ValueError:
+                continue
+        raise ValueError(f"expected {tp}")
+    if origin is typing.Literal:
+        for choice in args:
+            if text == str(choice) or (isinstance(choice, bool) and text.lower() == str(choice).lower()):
+                return choice
+        raise ValueError(f"expected one of {', '.join(map(str, args))}")
+    if origin in (tuple, list):
+        body = text.strip()
+        if body[:1] + body[-1:] in ("()", "[]"):
+            body = body[1:-1]
+        items = [s.strip() for s in body.split(",")] if body.strip() else []
+        if items and not items[-1]:
+            items.pop()  # trailing comma: "3,"
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(items) != len(args):
+                raise ValueError(f"expected {len(args)} comma-separated values")
+            return tuple(parse_value(s, t) for s, t in zip(items, args, strict=True))
+        if not args:
+            raise ValueError(f"annotate the field with its element type, e.g. {origin.__name__}[int, ...]")
+        return origin(parse_value(s, args[0]) for s in items)
+    if tp is bool:
+        if text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+        raise ValueError("expected true or false")
+    if tp is int:
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+    if tp is float:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("expected a number") from None
+    if tp is str:
+        return text
+    if tp is Path:
+        return Path(text)
+    raise ValueError(f"type {tp} cannot be set from the command line")
+
+
+def _field_types(obj) -> dict[str, object]:
+    try:
+        hints = typing.get_type_hints(type(obj))  # resolves `from __future__ import annotations` strings
+    except Exception:  # unresolvable forward reference: fall back to the raw annotations
+        hints = {}
+    return {f.name: hints.get(f.name, f.type) for f in dataclasses.fields(obj)}
+
+
+def override(cfg, path: str, text: str):
+    """Return a copy of dataclass `cfg` with the (dotted) field `path` set from the string `text`."""
+    head, _, rest = path.partition(".")
+    types_ = _field_types(cfg)
+    if head not in types_:
+        raise UserError(f"unknown field {head!r} in {type(cfg).__name__} (fields: {', '.join(types_)})")
+    if rest:
+        child = getattr(cfg, head)
+        if not dataclasses.is_dataclass(child):
+            raise UserError(f"field {head!r} of {type(cfg).__name__} is not a nested config")
+        return dataclasses.replace(cfg, **{head: override(child, rest, text)})
+    try:
+        value = parse_value(text, types_[head])
+    except ValueError as e:
+        raise UserError(f"bad value {text!r} for {type(cfg).__name__}.{head}: {e}") from None
+    return dataclasses.replace(cfg, **{head: value})
+
+
+def parse_args(get_config: Callable[[str], object], argv: list[str] | None = None,
+               description: str | None = None) -> tuple[object, argparse.Namespace]:
+    """Parse the standard paper CLI and return (resolved config dataclass, args).
+
+    args.seed and args.output_dir are always resolved (defaults: the config's own `seed` field or 0, and
+    runs/<paper>/<config>/seed<N>); when the config has top-level `seed` / `output_dir` fields they are set
+    too, so the returned config is the complete record of the run."""
+    parser = ArgumentParser(description=description)
+    parser.add_argument("--config", required=True, metavar="NAME", help="named config from config.py")
+    parser.add_argument("--seed", type=int, default=None, metavar="N", help="random seed")
+    parser.add_argument("--output-dir", default=None, metavar="DIR",
+                        help="checkpoints, metrics.jsonl and final_metrics.json go here (resumed if present)")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                        help="override a config field (repeatable; dots reach nested fields)")
+    args = parser.parse_args(argv)
+    try:
+        cfg = get_config(args.config)
+    except KeyError:
+        fail(f"unknown config {args.config!r}")
+    except ValueError as e:  # includes UserError
+        fail(str(e))
+    try:
+        for item in args.set:
+            field, eq, value = item.partition("=")
+            if not eq or not field.strip():
+                raise UserError(f"--set expects FIELD=VALUE, got {item!r}")
+            cfg = override(cfg, field.strip(), value.strip())
+        names = {f.name for f in dataclasses.fields(cfg)}
+        if args.seed is None:
+            args.seed = int(cfg.seed) if "seed" in names else 0
+        if args.output_dir is None:
+            paper = get_config.__module__.split(".")[-2] if "." in get_config.__module__ else "run"
+            args.output_dir = str(Path("runs") / paper / args.config / f"seed{args.seed}")
+        if "seed" in names:
+            cfg = dataclasses.replace(cfg, seed=args.seed)
+        if "output_dir" in names:
+            out = Path(args.output_dir) if isinstance(cfg.output_dir, Path) else args.output_dir
+            cfg = dataclasses.replace(cfg, output_dir=out)
+    except ValueError as e:  # UserError, or a config's own __post_init__ validation
+        fail(str(e))
+    return cfg, args
+
+
+def config_to_dict(cfg) -> dict:
+    """The config as plain JSON-able data (tuples become lists, paths strings)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def save_config(cfg, output_dir: str | Path) -> Path:
+    """Write <output_dir>/config.json (the resolved config; the reproduction runner records it)."""
+    path = Path(output_dir) / "config.json"
+    save_result(path, config_to_dict(cfg))
+    return path
+
+
+def main_guard(fn: Callable, *args, **kwargs):
+    """Run fn(*args, **kwargs); a UserError becomes one `error: ...` line and exit 2 (HA_DEBUG=1 re-raises
+    with the traceback), Ctrl-C exits 130 quietly."""
+    try:
+        return fn(*args, **kwargs)
+    except UserError as e:
+        if os.environ.get("HA_DEBUG", "") not in ("", "0"):
+            raise
+        fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

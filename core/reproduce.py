@@ -1,0 +1,281 @@
+"""Run a paper's reproduction spec and check it against the stored results.
+
+    python -m core.reproduce reproductions/<paper>.toml --scale smoke|cpu|paper [--update] [--jobs N]
+                             [--workdir DIR] [--results-dir DIR]
+
+Every (run, seed) of the scale is a subprocess `python <script> --config C --seed S --output-dir D --set ...`
+reading nothing but its CLI; the runner collects each run's final_metrics.json, aggregates over seeds,
+evaluates the claims and compares with results/<paper>/<scale>.json. Exit status 0 only if every run
+succeeded, every metric is within tolerance, every required claim holds and every claim has its stored
+outcome. --update (after all runs succeeded) stores the new numbers, provenance and per-run logs instead;
+nothing else ever writes the stored results. The spec format is described in notes/CONTRACT.md.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from core.cli import ArgumentParser, main_guard
+from core.errors import UserError
+from core.results import (
+    REPO_ROOT,
+    Tolerance,
+    aggregate,
+    compare,
+    evaluate_claims,
+    fmt,
+    format_claims,
+    format_comparison,
+    format_table,
+    load_result,
+    provenance,
+    save_result,
+)
+
+SCALES = ("smoke", "cpu", "paper")
+
+
+@dataclass
+class Run:
+    name: str
+    config: str
+    set: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Spec:
+    paper: str
+    description: str
+    script: Path
+    scale: str
+    seeds: list[int]
+    jobs: int
+    runs: list[Run]
+    tolerances: list[Tolerance]
+    claims: list[dict]
+
+
+def load_spec(path: str | Path, scale: str) -> Spec:
+    """Read and validate reproductions/<paper>.toml for one scale; every problem is a UserError."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"no reproduction spec at {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path}: invalid TOML ({e})") from None
+    for key in ("paper", "script", "scales"):
+        if key not in data:
+            raise UserError(f"{path}: missing top-level key {key!r}")
+    if scale not in data["scales"]:
+        raise UserError(f"{path}: no [scales.{scale}] (has: {', '.join(data['scales'])})")
+    sc = data["scales"][scale]
+    try:
+        runs = [Run(r["name"], r["config"], [str(s) for s in r.get("set", [])]) for r in sc["runs"]]
+        seeds = [int(s) for s in sc["seeds"]]
+        tolerances = [Tolerance(t["match"], t["kind"], float(t.get("tol", 0.0)))
+                      for t in data.get("tolerances", [])]
+        claims = [{"id": c["id"], "text": c.get("text", ""), "lhs": c["lhs"], "op": c["op"], "rhs": c["rhs"],
+                   "required": bool(c.get("required", False))} for c in data.get("claims", [])]
+    except KeyError as e:
+        raise UserError(f"{path}: missing key {e} in scale {scale!r}, a tolerance or a claim") from None
+    except (TypeError, ValueError) as e:
+        raise UserError(f"{path}: malformed entry ({e})") from None
+    names = [r.name for r in runs]
+    if not runs or not seeds or len(set(names)) != len(names) or any("/" in n for n in names):
+        raise UserError(f"{path}: scale {scale!r} needs seeds and runs with unique names without '/'")
+    script = Path(data["script"])
+    return Spec(paper=data["paper"], description=data.get("description", ""),
+                script=script if script.is_absolute() else REPO_ROOT / script, scale=scale, seeds=seeds,
+                jobs=int(sc.get("jobs", 1)), runs=runs, tolerances=tolerances, claims=claims)
+
+
+def claim_runs(claim: dict) -> set[str]:
+    """Runs a claim refers to ("<run>/<metric>" sides; numbers refer to none)."""
+    return {side.split("/", 1)[0] for side in (claim["lhs"], claim["rhs"]) if isinstance(side, str)}
+
+
+def run_one(spec: Spec, run: Run, seed: int, out_dir: Path, threads: int) -> dict:
+    """Run one (run, seed) subprocess; returns {"ok", "wall_s", "metrics", "error", "log"}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / "final_metrics.json"
+    final.unlink(missing_ok=True)  # a stale file from an earlier run must never count as this run's result
+    cmd = [sys.executable, str(spec.script), "--config", run.config, "--seed", str(seed),
+           "--output-dir", str(out_dir)]
+    for item in run.set:
+        cmd += ["--set", item]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
+           "TQDM_MININTERVAL": "30"}  # progress bars go to the log file: keep it readable
+    log = out_dir / "run.log"
+    start = time.perf_counter()
+    with log.open("w") as f:
+        f.write(" ".join(cmd) + "\n")
+        f.flush()
+        code = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
+    result = {"ok": False, "wall_s": time.perf_counter() - start, "metrics": None, "log": log,
+              "error": None}
+    if code != 0:
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+        result["error"] = f"exit {code}: {lines[-1] if len(lines) > 1 else 'no output'}"
+    elif not final.exists() or not (out_dir / "metrics.jsonl").exists():
+        result["error"] = "finished without writing final_metrics.json and metrics.jsonl"
+    else:
+        try:
+            metrics = json.loads(final.read_text())
+            if not isinstance(metrics, dict) or not all(isinstance(v, int | float) for v in metrics.values()):
+                raise ValueError("not a flat {name: number} object")
+        except ValueError as e:
+            result["error"] = f"bad final_metrics.json ({e})"
+        else:
+            result.update(ok=True, metrics={k: float(v) for k, v in metrics.items()})
+    return result
+
+
+def _store(spec: Spec, results_dir: Path, measured: dict, claims: list[dict], outputs: dict, prov: dict):
+    """Write results/<paper>/<scale>.json and its logs. Logs are staged and swapped in before the JSON is
+    replaced, so an interruption leaves the old stored result intact."""
+    paper_dir = results_dir / spec.paper
+    logs = paper_dir / f"{spec.scale}-logs"
+    paper_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=paper_dir, prefix=f".{spec.scale}-logs-"))
+    for (run, seed), out_dir in outputs.items():
+        (staging / run).mkdir(exist_ok=True)
+        shutil.copyfile(out_dir / "metrics.jsonl", staging / run / f"seed{seed}.jsonl")
+    if logs.exists():
+        old = paper_dir / f".{spec.scale}-logs-old"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(logs, old)
+        os.replace(staging, logs)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, logs)
+    result = {"paper": spec.paper, "scale": spec.scale, "description": spec.description,
+              "provenance": prov, "metrics": measured, "claims": claims}
+    return save_result(paper_dir / f"{spec.scale}.json", result)
+
+
+def run_all(spec: Spec, workdir: Path, jobs: int, threads: int) -> tuple[dict, dict]:
+    """Run every (run, seed), `jobs` at a time, printing one line as each finishes.
+    Returns ({(run, seed): run_one result}, {(run, seed): output dir})."""
+    tasks = [(run, seed) for run in spec.runs for seed in spec.seeds]
+    outputs = {(run.name, seed): workdir / run.name / f"seed{seed}" for run, seed in tasks}
+    results = {}
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        futures = {pool.submit(run_one, spec, run, seed, outputs[run.name, seed], threads): (run.name, seed)
+                   for run, seed in tasks}
+        for done, future in enumerate(as_completed(futures), 1):
+            (name, seed) = key = futures[future]
+            r = results[key] = future.result()
+            status = "ok" if r["ok"] else f"FAILED ({r['error']}; log: {r['log']})"
+            print(f"[{done}/{len(futures)}] {name} seed {seed}: {status} in {r['wall_s']:.1f}s", flush=True)
+    return results, outputs
+
+
+def check(spec: Spec, measured: dict, claims: list[dict], stored: dict | None) -> list[str]:
+    """Print the metric and claim tables; return how the reproduction differs from the stored one."""
+    seeds = f" over seeds {spec.seeds}" if len(spec.seeds) > 1 else ""
+    print(f"\nmetrics (seed means{seeds})")
+    if stored is None:
+        table = [[k, v["mean"], ", ".join(fmt(x) for x in v["per_seed"])] for k, v in measured.items()]
+        print(format_table(["metric", "measured", "per seed"], table))
+        problems = ["nothing stored to compare with (run with --update to store these results)"]
+    else:
+        rows = compare(measured, stored.get("metrics", {}), spec.tolerances)
+        print(format_comparison(rows, measured))
+        problems = [f"{r.metric} outside tolerance" if r.measured is not None and r.stored is not None
+                    else f"{r.metric} {'not measured' if r.measured is None else 'not stored'}"
+                    for r in rows if not r.passed]
+    stored_claims = {c["id"]: c["holds"] for c in stored.get("claims", [])} if stored else None
+    if claims:
+        print("\nclaims")
+        print(format_claims(claims, stored_claims))
+    names = {r.name for r in spec.runs}
+    for c in spec.claims:
+        if not claim_runs(c) <= names:
+            missing = ", ".join(sorted(claim_runs(c) - names))
+            print(f"  claim {c['id']} skipped at this scale: needs runs {missing}")
+    for c in claims if stored_claims is not None else []:
+        if c["id"] not in stored_claims:
+            problems.append(f"claim {c['id']} not stored")
+        elif stored_claims[c["id"]] != c["holds"]:
+            problems.append(f"claim {c['id']} {'holds' if c['holds'] else 'does not hold'}, unlike stored")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m core.reproduce", description=__doc__.split("\n\n")[0])
+    parser.add_argument("spec", help="reproductions/<paper>.toml")
+    parser.add_argument("--scale", choices=SCALES, default="cpu")
+    parser.add_argument("--update", action="store_true",
+                        help="store the results (only if every run succeeds and required claims hold)")
+    parser.add_argument("--jobs", type=int, default=None, help="runs side by side (default: the spec's)")
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="run output folders (default: a new temporary folder); reusing one resumes runs")
+    parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results",
+                        help="result store root (default: results/ of this repository)")
+    args = parser.parse_args(argv)
+
+    spec = load_spec(args.spec, args.scale)
+    if not spec.script.exists():
+        raise UserError(f"{spec.paper} is not implemented yet ({spec.script} does not exist)")
+    jobs = max(1, args.jobs or spec.jobs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = max(1, cores // jobs)
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"reproduce-{spec.paper}-{spec.scale}-"))
+    print(f"{spec.paper} [{spec.scale}]: {spec.description}\n{len(spec.runs) * len(spec.seeds)} runs, "
+          f"{jobs} at a time, {threads} thread(s) each, outputs in {workdir}", flush=True)
+
+    start = time.perf_counter()
+    results, outputs = run_all(spec, workdir, jobs, threads)
+    wall = time.perf_counter() - start
+    failed = [f"{run} seed {seed}" for (run, seed), r in results.items() if not r["ok"]]
+    if failed:
+        print(f"\nFAIL: {len(failed)} run(s) failed ({', '.join(failed)}); stored results left untouched")
+        return 1
+
+    measured = {}
+    for run in spec.runs:
+        per_seed = aggregate([results[run.name, s]["metrics"] for s in spec.seeds])
+        measured.update({f"{run.name}/{k}": v for k, v in per_seed.items()})
+    names = {r.name for r in spec.runs}
+    claims = evaluate_claims(measured, [c for c in spec.claims if claim_runs(c) <= names])
+    stored_path = args.results_dir / spec.paper / f"{spec.scale}.json"
+    stored = load_result(stored_path) if stored_path.exists() else None
+    if stored is None:
+        print(f"\nno stored results at {stored_path}")
+    problems = check(spec, measured, claims, stored)
+    required = [f"required claim {c['id']} does not hold" for c in claims if c["required"] and not c["holds"]]
+
+    if args.update:
+        if required:
+            print(f"\nFAIL: {'; '.join(required)}; results not stored")
+            return 1
+        configs = {}
+        for run in spec.runs:
+            resolved = outputs[run.name, spec.seeds[0]] / "config.json"
+            configs[run.name] = {"config": run.config, "set": run.set,
+                                 "resolved": json.loads(resolved.read_text()) if resolved.exists() else None}
+        run_walls = {f"{run}/seed{seed}": round(r["wall_s"], 2) for (run, seed), r in results.items()}
+        prov = provenance(configs=configs, seeds=spec.seeds, wall_time_s=wall, jobs=jobs,
+                          threads_per_job=threads, run_wall_time_s=run_walls)
+        path = _store(spec, args.results_dir, measured, claims, outputs, prov)
+        print(f"\nstored {path} ({len(measured)} metrics, {len(claims)} claims; {wall:.0f}s)")
+        return 0
+    if required + problems:
+        print(f"\nFAIL: {'; '.join(required + problems)}")
+        return 1
+    print(f"\nPASS: {len(measured)} metrics within tolerance, {len(claims)} claims as stored ({wall:.0f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main_guard(main))

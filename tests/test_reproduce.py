@@ -1,0 +1,218 @@
+"""The reproduction runner (core/reproduce.py).
+
+Runner logic is tested with a torch-free fake train script (milliseconds per run); one smoke test runs the
+real toy paper (tests/fixtures/toy_paper/) end to end through the shared loop.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from core.errors import UserError
+from core.reproduce import load_spec, main
+from core.results import load_result, save_result
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FAKE = '''
+import argparse, json, os, pathlib, sys
+p = argparse.ArgumentParser()
+p.add_argument("--config"); p.add_argument("--seed", type=int); p.add_argument("--output-dir")
+p.add_argument("--set", action="append", default=[])
+a = p.parse_args()
+sets = dict(s.split("=", 1) for s in a.set)
+if sets.get("fail") == "true":
+    sys.exit("error: boom")
+out = pathlib.Path(a.output_dir)
+out.mkdir(parents=True, exist_ok=True)
+(out / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0 + a.seed}) + "\\n")
+acc = float(sets.get("acc", "0.5")) + 0.01 * a.seed
+metrics = {"acc": acc, "threads": float(os.environ["OMP_NUM_THREADS"])}
+(out / "final_metrics.json").write_text(json.dumps(metrics))
+'''
+
+
+def _spec(tmp_path: Path, low_sets=("acc=0.5",), required_rhs=0.1, script: Path | None = None) -> Path:
+    if script is None:
+        script = tmp_path / "fake_train.py"
+        script.write_text(FAKE)
+    spec = tmp_path / "fake.toml"
+    spec.write_text(textwrap.dedent(f"""\
+        paper = "fake"
+        description = "fake runs"
+        script = "{script}"
+
+        [scales.smoke]
+        seeds = [0, 1]
+        jobs = 2
+        runs = [
+          {{ name = "low", config = "smoke", set = {json.dumps(list(low_sets))} }},
+          {{ name = "high", config = "smoke", set = ["acc=0.8"] }},
+        ]
+
+        [scales.cpu]
+        seeds = [0]
+        runs = [ {{ name = "low", config = "cpu" }} ]
+
+        [[tolerances]]
+        match = "*/threads"
+        kind = "exact"
+
+        [[tolerances]]
+        match = "*"
+        kind = "absolute"
+        tol = 0.05
+
+        [[claims]]
+        id = "high_beats_low"
+        text = "high > low"
+        lhs = "high/acc"
+        op = ">"
+        rhs = "low/acc"
+
+        [[claims]]
+        id = "low_beats_chance"
+        text = "low beats chance"
+        lhs = "low/acc"
+        op = ">"
+        rhs = {required_rhs}
+        required = true
+        """))
+    return spec
+
+
+def _run(spec: Path, tmp_path: Path, *extra: str, scale: str = "smoke") -> int:
+    return main([str(spec), "--scale", scale, "--results-dir", str(tmp_path / "results"),
+                 "--workdir", str(tmp_path / "work"), *extra])
+
+
+@pytest.mark.unit
+def test_update_then_rerun_passes_and_perturbed_store_fails(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    assert _run(spec, tmp_path) == 1  # nothing stored yet: says so and fails
+    assert "no stored results at" in capsys.readouterr().out
+    assert not (tmp_path / "results").exists()
+
+    assert _run(spec, tmp_path, "--update") == 0
+    out = capsys.readouterr().out
+    assert "[1/4]" in out and "[4/4]" in out and "ok in" in out  # one progress line per finished run
+    stored_path = tmp_path / "results" / "fake" / "smoke.json"
+    stored = load_result(stored_path)
+    assert (stored["paper"], stored["scale"]) == ("fake", "smoke")
+    assert stored["metrics"]["low/acc"]["per_seed"] == [0.5, 0.51]
+    assert stored["metrics"]["low/acc"]["mean"] == pytest.approx(0.505)
+    assert stored["metrics"]["high/threads"]["mean"] == max(1, len(os.sched_getaffinity(0)) // 2)
+    assert [(c["id"], c["holds"]) for c in stored["claims"]] == [("high_beats_low", True),
+                                                                ("low_beats_chance", True)]
+    assert {"lhs_value", "rhs_value", "text", "lhs", "op", "rhs"} <= set(stored["claims"][0])
+    prov = stored["provenance"]
+    assert prov["seeds"] == [0, 1] and prov["configs"]["low"] == {"config": "smoke", "set": ["acc=0.5"],
+                                                                    "resolved": None}
+    assert prov["packages"]["python"] and "low/seed1" in prov["run_wall_time_s"]
+    logs = tmp_path / "results" / "fake" / "smoke-logs"
+    assert json.loads((logs / "low" / "seed1.jsonl").read_text()) == {"step": 1, "loss": 2.0}
+    assert sorted(p.name for p in (logs / "high").iterdir()) == ["seed0.jsonl", "seed1.jsonl"]
+
+    assert _run(spec, tmp_path) == 0
+    out = capsys.readouterr().out
+    assert "PASS: 4 metrics within tolerance, 2 claims as stored" in out and "FAIL" not in out
+
+    perturbed = json.loads(stored_path.read_text())
+    perturbed["metrics"]["low/acc"]["mean"] += 0.06  # just outside the absolute tolerance of 0.05
+    save_result(stored_path, perturbed)
+    assert _run(spec, tmp_path) == 1
+    out = capsys.readouterr().out
+    assert "low/acc outside tolerance" in out and "FAIL" in out
+
+    perturbed = json.loads(json.dumps(stored))
+    perturbed["claims"][0]["holds"] = False
+    del perturbed["metrics"]["high/threads"]
+    save_result(stored_path, perturbed)
+    assert _run(spec, tmp_path) == 1
+    out = capsys.readouterr().out
+    assert "claim high_beats_low holds, unlike stored" in out and "high/threads not stored" in out
+
+
+@pytest.mark.unit
+def test_failed_run_never_touches_stored_results(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    assert _run(spec, tmp_path, "--update") == 0
+    stored = tmp_path / "results" / "fake" / "smoke.json"
+    log = tmp_path / "results" / "fake" / "smoke-logs" / "low" / "seed0.jsonl"
+    before = (stored.read_bytes(), log.read_bytes())
+    capsys.readouterr()
+
+    # Same workdir: the earlier successful final_metrics.json must not be mistaken for this run's result.
+    failing = _spec(tmp_path, low_sets=["fail=true"])
+    assert _run(failing, tmp_path, "--update") == 1
+    out = capsys.readouterr().out
+    assert "low seed 0: FAILED (exit 1: error: boom" in out
+    assert "FAIL: 2 run(s) failed (" in out and "stored results left untouched" in out
+    assert (stored.read_bytes(), log.read_bytes()) == before
+
+
+@pytest.mark.unit
+def test_required_claim_failure_blocks_update(tmp_path, capsys):
+    spec = _spec(tmp_path, required_rhs=0.9)
+    assert _run(spec, tmp_path, "--update") == 1
+    assert "required claim low_beats_chance does not hold; results not stored" in capsys.readouterr().out
+    assert not (tmp_path / "results" / "fake").exists()
+
+
+@pytest.mark.unit
+def test_claims_needing_runs_outside_the_scale_are_skipped(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    assert _run(spec, tmp_path, "--update", scale="cpu") == 0
+    out = capsys.readouterr().out
+    assert "claim high_beats_low skipped at this scale: needs runs high" in out
+    assert [c["id"] for c in load_result(tmp_path / "results" / "fake" / "cpu.json")["claims"]] == \
+        ["low_beats_chance"]
+
+
+@pytest.mark.unit
+def test_missing_script_is_not_implemented_yet(tmp_path):
+    spec = _spec(tmp_path, script=tmp_path / "papers" / "fake" / "train.py")
+    cmd = [sys.executable, "-m", "core.reproduce", str(spec), "--scale", "smoke",
+           "--results-dir", str(tmp_path / "results")]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert proc.stderr.startswith("error: fake is not implemented yet (") and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.unit
+def test_spec_errors_are_user_errors(tmp_path):
+    spec = _spec(tmp_path)
+    with pytest.raises(UserError, match=r"no \[scales.paper\] \(has: smoke, cpu\)"):
+        load_spec(spec, "paper")
+    with pytest.raises(UserError, match="no reproduction spec at"):
+        load_spec(tmp_path / "nope.toml", "smoke")
+    spec.write_text(spec.read_text().replace('kind = "exact"', 'kind = "close"'))
+    with pytest.raises(UserError, match="kind must be one of"):
+        load_spec(spec, "smoke")
+    (tmp_path / "bad.toml").write_text('paper = "x"\nscales = {}\n')
+    with pytest.raises(UserError, match="missing top-level key 'script'"):
+        load_spec(tmp_path / "bad.toml", "smoke")
+
+
+@pytest.mark.smoke
+def test_toy_paper_end_to_end(tmp_path, capsys):
+    spec = ROOT / "tests" / "fixtures" / "toy_paper" / "toy.toml"
+    assert _run(spec, tmp_path, "--update") == 0
+    stored = load_result(tmp_path / "results" / "toy" / "smoke.json")
+    assert stored["metrics"]["trained/eval_index"]["mean"] == 18.0  # every eval example counted once
+    assert stored["provenance"]["configs"]["untrained"]["resolved"]["lr"] == 0.0  # --set reached the config
+    assert all(c["holds"] for c in stored["claims"])
+    log = tmp_path / "results" / "toy" / "smoke-logs" / "trained" / "seed0.jsonl"
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == list(range(1, 13))
+    capsys.readouterr()
+    # Fresh output folders: the re-run trains from scratch and must match what was stored.
+    assert main([str(spec), "--scale", "smoke", "--results-dir", str(tmp_path / "results"),
+                 "--workdir", str(tmp_path / "work2")]) == 0
+    assert "PASS: 6 metrics within tolerance, 2 claims as stored" in capsys.readouterr().out

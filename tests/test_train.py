@@ -1,0 +1,299 @@
+"""The shared training loop (core/train.py) and paper CLI (core/cli.py).
+
+In-process tests use a tiny MLP; the multi-process, kill/resume and uneven-eval tests run the toy paper
+(tests/fixtures/toy_paper/train.py) as real subprocesses, including a 2-process `accelerate launch` on CPU.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Literal
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch.utils.data import TensorDataset
+
+from core.cli import main_guard, parse_args, parse_value
+from core.errors import UserError
+from core.train import LoopConfig, StepSampler, checkpoint_steps, train
+
+ROOT = Path(__file__).resolve().parent.parent
+TOY = ROOT / "tests" / "fixtures" / "toy_paper" / "train.py"
+ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+
+
+# ---------------------------------------------------------------- in-process loop
+
+
+def _setup(seed=0, n=64):
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(123)
+    x = torch.randn(n, 4, generator=g)
+    data = TensorDataset(x, (x.sum(1) > 0).long())
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    return model, torch.optim.SGD(model.parameters(), lr=0.2), data
+
+
+def _step(model, batch, step):
+    x, y = batch
+    logits = model(x)
+    return F.cross_entropy(logits, y), {"acc": (logits.argmax(1) == y).float().mean().item()}
+
+
+def _eval(model, batch):
+    x, y = batch
+    return {"acc": (model(x).argmax(1) == y).float()}
+
+
+def _records(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.unit
+def test_train_runs_logs_checkpoints_and_evaluates(tmp_path):
+    model, opt, data = _setup()
+    before = [p.detach().clone() for p in model.parameters()]
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)
+    loop = LoopConfig(max_steps=12, batch_size=8, seed=0, checkpoint_every=4, eval_every=5, log_every=2,
+                      output_dir=str(tmp_path), cpu=True)
+    metrics = train(loop, model, opt, data, _step, eval_dataset=data, eval_fn=_eval, scheduler=sched)
+
+    assert set(metrics) == {"acc"} and metrics["acc"] > 0.6  # learns a linearly separable rule
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.2 * 0.9**12)  # one scheduler step per update
+    records = _records(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in records] == [2, 4, 5, 6, 8, 10, 12]  # log_every=2, eval at 5 and 10, end
+    assert "eval/acc" in records[2] and "loss" not in records[2] and records[-1]["eval/acc"] == metrics["acc"]
+    assert checkpoint_steps(tmp_path / "checkpoints") == [8, 12]  # every 4 steps, last 2 kept
+    assert (tmp_path / "checkpoints" / "step_12" / "model.safetensors").exists()
+
+    # Re-running a finished run resumes at the end: no training, same metrics, no duplicated log lines.
+    model2, opt2, _ = _setup(seed=1)
+    sched2 = torch.optim.lr_scheduler.StepLR(opt2, step_size=1, gamma=0.9)
+    again = train(loop, model2, opt2, data, _step, eval_dataset=data, eval_fn=_eval, scheduler=sched2)
+    assert again == metrics
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), model2.parameters(), strict=True))
+    assert _records(tmp_path / "metrics.jsonl") == records
+    assert opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]  # scheduler state restored
+
+
+@pytest.mark.unit
+def test_nan_loss_stops_with_user_error_and_keeps_last_good_checkpoint(tmp_path):
+    model, opt, data = _setup()
+
+    def step_fn(model, batch, step):
+        loss, stats = _step(model, batch, step)
+        return (loss * float("nan") if step == 7 else loss), stats
+
+    loop = LoopConfig(max_steps=20, batch_size=8, checkpoint_every=5, log_every=1, output_dir=str(tmp_path),
+                      cpu=True)
+    with pytest.raises(UserError, match=r"non-finite loss at step 7; last good checkpoint: .*step_5"):
+        train(loop, model, opt, data, step_fn)
+    assert checkpoint_steps(tmp_path / "checkpoints") == [5]
+    saved = load_file(str(tmp_path / "checkpoints" / "step_5" / "model.safetensors"))
+    assert all(torch.isfinite(v).all() for v in saved.values())
+    assert all(torch.isfinite(p).all() for p in model.parameters())  # the bad step never reached the weights
+    assert [r["step"] for r in _records(tmp_path / "metrics.jsonl")] == list(range(1, 7))
+
+
+@pytest.mark.unit
+def test_step_sampler_is_a_function_of_seed_and_step_and_shards_global_batches():
+    def first(sampler, k):
+        it = iter(sampler)
+        return [next(it) for _ in range(k)]
+
+    full = first(StepSampler(20, 3, 1, 0, seed=5), 14)  # 6 batches per epoch, into the 3rd epoch
+    assert first(StepSampler(20, 3, 1, 0, seed=5, start=9), 5) == full[9:]  # resume = skip, O(1)
+    assert full != first(StepSampler(20, 3, 1, 0, seed=6), 14)
+    assert sorted(i for b in full[:6] for i in b) == sorted(set(i for b in full[:6] for i in b))  # no repeats
+    r0, r1 = first(StepSampler(20, 3, 2, 0, seed=5), 3), first(StepSampler(20, 3, 2, 1, seed=5), 3)
+    global_batches = first(StepSampler(20, 6, 1, 0, seed=5), 3)
+    assert [a + b for a, b in zip(r0, r1, strict=True)] == global_batches  # ranks split the same batch
+    with pytest.raises(UserError, match="fewer than one global batch"):
+        StepSampler(5, 3, 2, 0, seed=0)
+
+
+@pytest.mark.unit
+def test_loop_config_rejects_bad_values():
+    with pytest.raises(UserError, match="mixed_precision"):
+        LoopConfig(max_steps=1, batch_size=1, mixed_precision="fp8")
+    with pytest.raises(UserError, match="batch_size must be >= 1"):
+        LoopConfig(max_steps=1, batch_size=0)
+    assert {f.name for f in dataclasses.fields(LoopConfig)} >= {
+        "max_steps", "batch_size", "grad_accum_steps", "mixed_precision", "seed", "checkpoint_every",
+        "eval_every", "log_every", "output_dir", "num_workers", "cpu"}
+
+
+# ---------------------------------------------------------------- subprocess runs of the toy paper
+
+
+def _toy(out: Path, *sets: str, steps: int = 30) -> subprocess.Popen:
+    cmd = [sys.executable, str(TOY), "--config", "tiny", "--output-dir", str(out), "--set", f"steps={steps}"]
+    for s in sets:
+        cmd += ["--set", s]
+    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT)
+
+
+def _finish(proc: subprocess.Popen, expect: int = 0) -> str:
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == expect, out[-3000:]
+    return out
+
+
+@pytest.mark.smoke
+def test_kill_and_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
+    sets = ("grad_accum_steps=2",)
+    straight = _toy(tmp_path / "straight", *sets)
+    killed = _toy(tmp_path / "killed", *sets, "die_at_step=15")  # checkpoints at 10 and 20; dies at 15
+    _finish(straight)
+    _finish(killed, expect=-signal.SIGKILL)
+    assert checkpoint_steps(tmp_path / "killed" / "checkpoints") == [10]
+    assert [r["step"] for r in _records(tmp_path / "killed" / "metrics.jsonl")] == list(range(1, 15))
+
+    _finish(_toy(tmp_path / "killed", *sets))  # same command, same folder: resumes from step 10
+    a = load_file(str(tmp_path / "straight" / "params_rank0.safetensors"))
+    b = load_file(str(tmp_path / "killed" / "params_rank0.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # incl. the EMA buffer
+    for name in ("metrics.jsonl", "final_metrics.json"):
+        assert (tmp_path / "killed" / name).read_text() == (tmp_path / "straight" / name).read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """One 2-process CPU `accelerate launch` of the toy paper (20 steps, 37 eval examples, batch 8)."""
+    out = tmp_path_factory.mktemp("ddp")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), str(TOY), "--config", "tiny", "--output-dir", str(out),
+           "--set", "steps=20"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return out
+
+
+@pytest.mark.smoke
+def test_two_processes_end_with_identical_parameters(two_process_run):
+    r0 = load_file(str(two_process_run / "params_rank0.safetensors"))
+    r1 = load_file(str(two_process_run / "params_rank1.safetensors"))
+    assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
+    assert (two_process_run / "checkpoints" / "step_20" / "random_states_1.pkl").exists()
+    assert [r["step"] for r in _records(two_process_run / "metrics.jsonl")] == list(range(1, 21))
+
+
+@pytest.mark.smoke
+def test_eval_with_uneven_last_batch_counts_each_example_once(two_process_run, tmp_path):
+    # Evaluate the same final checkpoint with one process: resuming a finished run only re-evaluates.
+    import shutil
+
+    single = tmp_path / "single"
+    shutil.copytree(two_process_run, single)
+    (single / "final_metrics.json").unlink()
+    _finish(_toy(single, steps=20))
+    two = json.loads((two_process_run / "final_metrics.json").read_text())
+    one = json.loads((single / "final_metrics.json").read_text())
+    assert two["eval_index"] == one["eval_index"] == 18.0  # mean of 0..36: no example dropped or doubled
+    assert two["eval_acc"] == one["eval_acc"] and round(37 * two["eval_acc"], 9).is_integer()
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=1e-6)
+
+
+# ---------------------------------------------------------------- CLI
+
+
+@dataclasses.dataclass(frozen=True)
+class _Inner:
+    depth: int = 2  # nested field
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+    seed: int = 0
+    output_dir: str = "x"
+    lr: float = 0.1
+    steps: int = 10
+    use_q: bool = False
+    name: str = "a"
+    sizes: tuple[int, ...] = (1, 2)
+    pair: tuple[float, float] = (0.5, 0.5)
+    tags: list[str] = dataclasses.field(default_factory=list)
+    mode: Literal["var", "wsram"] = "var"
+    limit: int | None = None
+    inner: _Inner = _Inner()
+
+    def __post_init__(self):
+        if self.steps < 0:
+            raise UserError("steps must be >= 0")
+
+
+def _get_config(name):
+    if name != "cpu":
+        raise UserError(f"unknown config {name!r} (choose from cpu)")
+    return _Cfg()
+
+
+@pytest.mark.unit
+def test_parse_args_applies_typed_overrides():
+    cfg, args = parse_args(_get_config, ["--config", "cpu", "--seed", "3", "--output-dir", "out",
+                                         "--set", "lr=1e-3", "--set", "steps=7", "--set", "use_q=true",
+                                         "--set", "name=b=c", "--set", "sizes=3,4,5", "--set", "pair=(1,2)",
+                                         "--set", "tags=[x, y]", "--set", "mode=wsram", "--set", "limit=none",
+                                         "--set", "inner.depth=5"])
+    assert cfg == _Cfg(seed=3, output_dir="out", lr=1e-3, steps=7, use_q=True, name="b=c", sizes=(3, 4, 5),
+                       pair=(1.0, 2.0), tags=["x", "y"], mode="wsram", limit=None, inner=_Inner(5))
+    assert (args.seed, args.output_dir, args.config) == (3, "out", "cpu")
+    cfg, args = parse_args(_get_config, ["--config", "cpu", "--set", "limit=4"])
+    assert cfg.limit == 4 and args.seed == 0 and args.output_dir == str(Path("runs/run/cpu/seed0"))
+    assert parse_value("", tuple[int, ...]) == () and parse_value("0", bool) is False
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("argv, message", [
+    (["--config", "paper"], "unknown config 'paper'"),
+    (["--config", "cpu", "--bogus"], "unrecognized arguments: --bogus"),
+    ([], "required: --config"),
+    (["--config", "cpu", "--set", "nope=1"], "unknown field 'nope' in _Cfg"),
+    (["--config", "cpu", "--set", "steps=1.5"], "bad value '1.5' for _Cfg.steps: expected an integer"),
+    (["--config", "cpu", "--set", "use_q=maybe"], "expected true or false"),
+    (["--config", "cpu", "--set", "mode=ram"], "expected one of var, wsram"),
+    (["--config", "cpu", "--set", "pair=1,2,3"], "expected 2 comma-separated values"),
+    (["--config", "cpu", "--set", "inner.nope=1"], "unknown field 'nope' in _Inner"),
+    (["--config", "cpu", "--set", "lr.x=1"], "'lr' of _Cfg is not a nested config"),
+    (["--config", "cpu", "--set", "steps"], "--set expects FIELD=VALUE"),
+    (["--config", "cpu", "--set", "steps=-1"], "steps must be >= 0"),
+    (["--config", "cpu", "--seed", "x"], "invalid int value: 'x'"),
+])
+def test_parse_args_errors_are_one_line_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as exc:
+        parse_args(_get_config, argv)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.unit
+def test_main_guard_turns_user_errors_into_one_line(capsys, monkeypatch):
+    def boom():
+        raise UserError("dataset 'x' not found")
+
+    monkeypatch.delenv("HA_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exc:
+        main_guard(boom)
+    assert exc.value.code == 2 and capsys.readouterr().err == "error: dataset 'x' not found\n"
+    assert main_guard(lambda x: x + 1, 1) == 2
+    monkeypatch.setenv("HA_DEBUG", "1")
+    with pytest.raises(UserError):  # the traceback is shown when debugging
+        main_guard(boom)
