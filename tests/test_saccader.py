@@ -1,0 +1,185 @@
+"""Saccader (papers/saccader): exact model sizes, the cell's equations and no-revisit state, the location
+policies, the three training stages."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from core.metrics import count_parameters
+from papers.saccader.config import get_config
+from papers.saccader.dram import DRAM, TFLSTMCell
+from papers.saccader.model import Saccader, SaccaderCell, build_model
+from papers.saccader.policies import POLICIES, select_locations
+from papers.saccader.train import main, make_step_fn, max_logit_order
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The CI machine is small and shared: one intra-op thread is faster than two contending ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("imagenet", 35_583_913),                # Table Supp.1
+    ("imagenet-bagnet77-lowd", 20_628_393),
+    ("imagenet-resnet-v2-50", 25_615_849),
+    ("imagenet-dram", 45_610_219),
+])
+def test_paper_scale_counts(name, expected):
+    with torch.device("meta"):  # counts need shapes only
+        model = build_model(get_config(name))
+    assert count_parameters(model) == expected
+
+
+def test_tf_lstm_has_one_bias_per_gate():
+    cell = TFLSTMCell(2048, 1024)
+    assert sum(p.numel() for p in cell.parameters()) == (2048 + 1024) * 4096 + 4096
+
+
+def small_saccader(**kw) -> Saccader:
+    torch.manual_seed(0)
+    return Saccader(num_classes=10, width=0.0625, in_channels=1, **kw)
+
+
+def test_361_locations_at_224px():
+    model = small_saccader().eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 1, 224, 224), 3)
+    assert out["logits_map"].shape[-2:] == (19, 19)
+    assert out["location_logits"].shape == (1, 3, 361)
+
+
+def test_receptive_field_is_77px():
+    model = small_saccader().double().eval()
+    for m in model.modules():  # the zero-init last BN of every block would hide the residual branches
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(m.weight, 0.5, 1.5)
+    x = torch.randn(2, 1, 101, 101, dtype=torch.float64, requires_grad=True)
+    logits_map = model.backbone.forward_features(x)["logits_map"]
+    logits_map[:, :, 1, 2].sum().backward()
+    seen = x.grad.abs().sum((0, 1)) > 0
+    rows, cols = seen.any(1).nonzero()[:, 0], seen.any(0).nonzero()[:, 0]
+    assert int(seen.sum()) == 77 * 77
+    assert (rows.min().item(), rows.max().item()) == (8, 8 + 76)  # location (1, 2): 8 px stride
+    assert (cols.min().item(), cols.max().item()) == (16, 16 + 76)
+
+
+def test_cell_matches_equations_1_to_3():
+    torch.manual_seed(0)
+    cell = SaccaderCell(6).requires_grad_(False)
+    F_ = torch.randn(2, 6, 5)
+    C = torch.tensor([[0, 1, 0, 0, 0], [0, 0, 0, 0, 1]], dtype=torch.float)
+    out = cell(F_, C)
+    for b in range(2):
+        G = torch.tensor([sum(F_[b, p, n] * cell.a[p] for p in range(6)) / math.sqrt(6) - 1e5 * C[b, n]
+                          for n in range(5)])
+        h = (F_[b] * torch.softmax(G, 0)).sum(1)
+        R = (F_[b] * torch.softmax(h, 0)[:, None]).sum(0) - 1e5 * C[b]
+        torch.testing.assert_close(out[b], R)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_cell_never_revisits(training):
+    model = small_saccader().train(training)
+    with torch.no_grad():
+        out = model(torch.randn(3, 1, 112, 112), 25, num_samples=2)  # 5 x 5 grid: every location once
+    assert out["locations"].shape == (6, 25)
+    assert (out["locations"].sort(1).values == torch.arange(25)).all()
+
+
+def test_policies_return_distinct_valid_locations():
+    model = small_saccader().eval()
+    images = torch.rand(4, 1, 128, 128)
+    for policy in POLICIES:
+        locations, logits = select_locations(policy, model, images, 6)
+        assert locations.shape == (4, 6) and logits.shape == (4, 6, 10), policy
+        assert ((locations >= 0) & (locations < 49)).all(), policy
+        assert (locations.sort(1).values.diff(dim=1) > 0).all(), policy
+
+
+def test_ordered_logits_follows_the_predicted_class():
+    model = small_saccader().eval()
+    images = torch.rand(2, 1, 128, 128)
+    locations, _ = select_locations("ordered_logits", model, images, 49)
+    logits_map = model.backbone.forward_features(images)["logits_map"].detach()
+    predicted = logits_map.mean((2, 3)).argmax(1)
+    for b in range(2):
+        scores = logits_map[b, predicted[b]].flatten()[locations[b]]
+        assert (scores.diff() <= 0).all()
+
+
+def test_location_pretraining_leaves_representation_untouched():
+    cfg = get_config("smoke")
+    model = small_saccader().train()
+    stats = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    images, targets = torch.randn(4, 1, 112, 112), torch.randint(0, 10, (4,))
+    loss, _ = make_step_fn(cfg, "location")(model, (images, targets), 1)
+    loss.backward()
+    assert all(p.grad is None for p in model.representation_parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.location_parameters())
+    for k, v in model.backbone.state_dict().items():  # BN statistics frozen too
+        assert torch.equal(v, stats[k]), k
+    # The forced picks are the locations by decreasing maximum logit.
+    out = model(images, 4, locations=max_logit_order(4))
+    best = model.backbone.forward_features(images)["logits_map"].flatten(2).amax(1)
+    assert torch.equal(out["locations"], best.topk(4, -1).indices)
+
+
+def test_policy_stage_reinforce_reaches_the_location_network():
+    cfg = get_config("smoke")
+    torch.manual_seed(0)
+    model = Saccader(num_classes=2, width=0.0625, in_channels=1).train()  # 2 classes: rewards vary
+    images, targets = torch.randn(8, 1, 112, 112), torch.randint(0, 2, (8,))
+    loss, stats = make_step_fn(cfg, "policy")(model, (images, targets), 1)
+    loss.backward()
+    assert 0 < stats["reward"] < 1
+    assert model.cell.a.grad is not None and model.cell.a.grad.abs().sum() > 0
+
+
+def test_no_attention_network_ablation():
+    model = small_saccader(attention_network=False)
+    assert model.attention is None
+    out = model(torch.randn(2, 1, 112, 112), 2)
+    assert out["logits"].shape == (2, 2, 10)
+
+
+def test_dram_glimpses_and_log_probs():
+    torch.manual_seed(0)
+    model = DRAM(num_classes=10, width=0.0625, in_channels=1)
+    images = torch.rand(2, 1, 128, 128)
+    out = model(images, 3)
+    assert out["logits"].shape == (2, 3, 10) and out["log_prob"].shape == (2, 3)
+    scale = 1 - 77 / 128
+    assert (out["locations"].abs() <= scale + 1e-6).all()
+    out["log_prob"].sum().backward()
+    assert model.emission.weight.grad.abs().sum() > 0
+    # Fields of view 77, 150 (int(0.67 * 224)), 224 px at the centre, each resized to 77, + 2 coordinates.
+    views = model.fields_of_view(torch.rand(1, 1, 224, 224), torch.zeros(1, 2))
+    assert [tuple(v.shape[1:]) for v in views] == [(3, 77, 77)] * 3
+    coords = [v[0, 2, 38, :] for v in views]  # column-coordinate channel along the middle row
+    widths = [float(c.max() - c.min()) for c in coords]
+    assert widths[0] < widths[1] < widths[2] and widths[2] > 1.9  # the widest view spans the whole image
+
+
+@pytest.mark.smoke
+def test_smoke_training_run(tmp_path):
+    metrics = main(["--config", "smoke", "--output-dir", str(tmp_path)])
+    saved = json.loads((tmp_path / "final_metrics.json").read_text())
+    assert saved == pytest.approx(metrics)
+    for policy in POLICIES:
+        assert 0 <= saved[f"accuracy_{policy}_T2"] <= 1
+        assert 0 < saved[f"coverage_{policy}_T2"] <= 1
+    stages = [json.loads(line)["stage"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert stages[0] == "representation" and "location" in stages and stages[-1] == "policy"
+
+
+def test_cli_rejects_unknown_config(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--config", "nope"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: unknown config 'nope'"
