@@ -1,0 +1,81 @@
+"""Evaluate a trained WS-RAM run on the test set (Table 1) with its own glimpses and with random ones.
+
+    python papers/wsram/evaluate.py RUN_DIR [--num-samples M] [--test-size N]
+
+RUN_DIR is a train.py output directory (config.json and checkpoints/step_<N>/); the latest checkpoint is
+used. Prints one JSON line:
+  test_error                   glimpses from the learned prior (T = 1), p(y | I) averaged over M sequences;
+  test_error_random_glimpses   the same network fed uniformly random glimpses instead: how much of its
+                               accuracy the learned attention policy is responsible for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+from safetensors.torch import load_file
+
+from core.cli import main_guard
+from core.data.synthetic import TranslatedScaledMNIST
+from core.errors import UserError
+from core.train import checkpoint_steps
+from papers.wsram.config import WSRAMConfig
+from papers.wsram.model import WSRAM, build_model
+
+
+def load_run(run_dir: Path) -> tuple[WSRAMConfig, WSRAM]:
+    """The run's config and its model with the latest checkpoint's weights."""
+    config_path = run_dir / "config.json"
+    if not config_path.is_file():
+        raise UserError(f"{run_dir} has no config.json (not a papers/wsram/train.py output directory)")
+    raw = json.loads(config_path.read_text())
+    raw["digit_scale"] = tuple(raw["digit_scale"])
+    cfg = WSRAMConfig(**raw)
+    steps = checkpoint_steps(run_dir / "checkpoints")
+    if not steps:
+        raise UserError(f"{run_dir}/checkpoints holds no finished checkpoint")
+    model = build_model(cfg)
+    model.load_state_dict(load_file(run_dir / "checkpoints" / f"step_{steps[-1]}" / "model.safetensors"))
+    return cfg, model.eval()
+
+
+@torch.no_grad()
+def test_errors(cfg: WSRAMConfig, model: WSRAM, num_samples: int, test_size: int, seed: int = 0,
+                batch_size: int = 250) -> dict[str, float]:
+    data = TranslatedScaledMNIST("test", test_size, canvas=cfg.canvas, scale_range=cfg.digit_scale,
+                                 seed=cfg.seed)
+    torch.manual_seed(seed)
+    wrong = {"test_error": 0, "test_error_random_glimpses": 0}
+    for start in range(0, len(data), batch_size):
+        items = data.__getitems__(list(range(start, min(start + batch_size, len(data)))))
+        images, labels = torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+        for key, random_glimpses in (("test_error", False), ("test_error_random_glimpses", True)):
+            pred = model.predict(images, num_samples, random_glimpses=random_glimpses).argmax(-1)
+            wrong[key] += (pred != labels).sum().item()
+    return {k: v / len(data) for k, v in wrong.items()}
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--num-samples", type=int, default=None, help="M (default: the run's num_samples)")
+    parser.add_argument("--test-size", type=int, default=None, help="default: the run's test_size")
+    args = parser.parse_args(argv)
+    if any(v is not None and v < 1 for v in (args.num_samples, args.test_size)):
+        raise UserError("--num-samples and --test-size must be >= 1")
+    cfg, model = load_run(args.run_dir)
+    result = {"variant": cfg.variant, **test_errors(cfg, model, args.num_samples or cfg.num_samples,
+                                                     args.test_size or cfg.test_size)}
+    print(json.dumps(result))
+    return result
+
+
+if __name__ == "__main__":
+    main_guard(main)

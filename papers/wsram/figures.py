@@ -1,0 +1,116 @@
+"""Draw WS-RAM Figures 2 and 3 from stored training logs (no training).
+
+    python papers/wsram/figures.py [--logs results/wsram/cpu-logs] [--out results/wsram]
+
+Reads <logs>/<run>/seed<S>.jsonl (copied there by `core.reproduce --update`) and writes
+  <out>/<scale>-fig2.png  training error, gradient variance and ESS vs updates for the six variants (Fig. 2);
+  <out>/<scale>-fig3.png  training error with and without the exploration heuristics of §4.5 (Fig. 3).
+Curves are means over seeds with a +-1 standard deviation band (for the gradient variance, drawn on a log
+axis: the geometric mean and a band of +-1 standard deviation of log10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from core.cli import fail, main_guard  # noqa: E402
+from core.errors import UserError  # noqa: E402
+
+# run name in reproductions/wsram.toml -> legend label (Fig. 2 / Fig. 3 of the paper)
+FIG2_RUNS = {"var": "VAR", "var_c": "VAR+c", "wsram": "WS-RAM", "wsram_c": "WS-RAM+c",
+             "wsram_q": "WS-RAM+q", "wsram_qc": "WS-RAM+q+c"}
+FIG3_RUNS = {"var_c": "VAR+c", "var_c_noexplore": "VAR+c, no heuristics",
+             "wsram_qc": "WS-RAM+q+c", "wsram_qc_noexplore": "WS-RAM+q+c, no heuristics"}
+PANELS = [("train_error", "training error", "linear"), ("grad_variance", "gradient variance", "log"),
+          ("ess", "effective sample size (max M)", "linear")]
+
+
+def load_curves(logs: Path, run: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+    """{metric: (updates, centre, band low, band high)} over seeds for the logged points of one run."""
+    files = sorted((logs / run).glob("seed*.jsonl"))
+    if not files:
+        raise UserError(f"no logs for run {run!r} under {logs} (expected {logs / run}/seed<S>.jsonl)")
+    per_seed = []
+    for f in files:
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        per_seed.append([r for r in rows if "train_error" in r])
+    n = min(len(rows) for rows in per_seed)  # seeds log the same steps; guard against a cut-short log
+    steps = np.array([r["step"] for r in per_seed[0][:n]])
+    out = {}
+    for metric, _, yscale in PANELS:
+        if metric in per_seed[0][0]:
+            values = np.array([[r[metric] for r in rows[:n]] for rows in per_seed])
+            if yscale == "log":
+                logs10 = np.log10(values)
+                mean, std = logs10.mean(0), logs10.std(0)
+                out[metric] = (steps, 10**mean, 10 ** (mean - std), 10 ** (mean + std))
+            else:
+                mean, std = values.mean(0), values.std(0)
+                out[metric] = (steps, mean, mean - std, mean + std)
+    return out
+
+
+def _plot(ax, steps, centre, low, high, label):
+    (line,) = ax.plot(steps / 1000, centre, label=label)
+    ax.fill_between(steps / 1000, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+
+
+def figure2(logs: Path, path: Path) -> Path:
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for run, label in FIG2_RUNS.items():
+        curves = load_curves(logs, run)
+        for ax, (metric, _, _) in zip(axes, PANELS, strict=True):
+            if metric in curves:
+                _plot(ax, *curves[metric], label)
+    for ax, (_, title, yscale) in zip(axes, PANELS, strict=True):
+        ax.set(xlabel="thousands of updates", title=title, yscale=yscale)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"WS-RAM Fig. 2, {logs.name.removesuffix('-logs')} scale", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def figure3(logs: Path, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for run, label in FIG3_RUNS.items():
+        _plot(ax, *load_curves(logs, run)["train_error"], label)
+    ax.set(xlabel="thousands of updates", ylabel="training error", title="exploration heuristics (Fig. 3)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--logs", type=Path, default=Path("results/wsram/cpu-logs"))
+    parser.add_argument("--out", type=Path, default=None, help="default: the parent of --logs")
+    args = parser.parse_args(argv)
+    if not args.logs.is_dir():
+        fail(f"log directory {args.logs} does not exist (run core.reproduce with --update first)")
+    out = args.out or args.logs.parent
+    out.mkdir(parents=True, exist_ok=True)
+    scale = args.logs.name.removesuffix("-logs")
+    paths = [figure2(args.logs, out / f"{scale}-fig2.png"), figure3(args.logs, out / f"{scale}-fig3.png")]
+    for p in paths:
+        print(p)
+    return paths
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,219 @@
+"""Train a WS-RAM variant on translated-scaled MNIST (§5.1) and log the three panels of Fig. 2.
+
+    accelerate launch papers/wsram/train.py --config cpu [--seed N] [--output-dir DIR] [--set field=value ...]
+
+Every update draws M glimpse sequences per image and minimises the surrogate loss of the selected estimator
+from core.estimators (VAR: eqs. 3-5; WS-RAM: eqs. 7-8, +q: eq. 14, +c: eqs. 15-18) plus the enabled
+exploration heuristics (§4.5). Every `log_every` updates it also logs, for Fig. 2:
+  train_error   error on a fixed set of training images, glimpses sampled from the prior (T = 1), p(y | I)
+                estimated by averaging p(y | a^m, I) over M sequences (the label never guides these glimpses);
+  grad_variance total variance (trace of the covariance) of the attention network's gradient estimate,
+                over `grad_probes` estimates with fresh glimpse samples on one fixed batch at the current
+                parameters, i.e. the variance due to the estimator alone;
+  ess           effective sample size 1 / sum_m (w^m)^2 of the update's importance weights (eq. 7), in [1, M].
+final_metrics.json holds the Table 1 test error and summaries of these curves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+import torch.nn.functional as F
+from accelerate import PartialState
+
+from core.cli import main_guard, parse_args, save_config
+from core.data.synthetic import TranslatedScaledMNIST
+from core.estimators import (
+    effective_sample_size,
+    normalized_importance_weights,
+    variational_bound_loss,
+    wake_sleep_loss,
+)
+from core.metrics import GradientVariance
+from core.results import save_result
+from core.train import LoopConfig, train
+from papers.wsram.config import WSRAMConfig, get_config
+from papers.wsram.model import WSRAM, build_model
+
+
+def surrogate_loss(cfg: WSRAMConfig, out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The selected estimator's loss; its gradient is minus the paper's ascent direction."""
+    log_py, log_pa, log_prop = out["log_py"], out["log_pa"], out["log_proposal"]
+    if cfg.policy == "random":  # eq. 5 with an action distribution that has no parameters
+        return -log_py.mean()
+    if cfg.estimator == "var":  # eq. 5 (samples from the possibly tempered prior, as [2]'s heuristic does)
+        return variational_bound_loss(log_py, log_pa, control_variate=cfg.control_variates)
+    # Eqs. 7-8 (16): the proposal is q, or the prior itself, or the prior raised to a temperature (§4.5),
+    # in which case the weights correct for it; only q's own loss (eq. 14 / 17) moves eta.
+    tempered = cfg.explore_temperature and cfg.temperature != 1.0
+    ws = wake_sleep_loss(log_py, log_pa, log_q=log_prop if cfg.use_q or tempered else None,
+                         control_variate=cfg.control_variates)
+    return ws.loss if cfg.use_q else ws.prediction_loss
+
+
+def exploration_loss(cfg: WSRAMConfig, out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Heuristics (2) and (3) of §4.5 on the attention policy p(a | I) (heuristic (1) acts on sampling).
+
+    (2) coverage: the batch-marginal of the policy should view all scales, KL(uniform || mean_b p(scale)),
+        and all locations: its mean location at the image centre, its spread not below that of a uniform
+        distribution over the image (variance 1/3 per axis); only collapse is penalised.
+    (3) entropy: a bonus on the entropy of the action distribution, H(scale) + sum log std (+ const).
+    """
+    loss = out["log_py"].new_zeros(())
+    if cfg.policy == "random":
+        return loss
+    logits, loc = out["prior_scale_logits"], out["prior_loc_mean"]  # (N, M*B, S), (N, M*B, 2)
+    if cfg.explore_coverage:
+        log_marginal = torch.logsumexp(F.log_softmax(logits, -1), 1) - math.log(logits.shape[1])  # (N, S)
+        kl_uniform = -(log_marginal.mean(-1) + math.log(logits.shape[-1]))
+        spread = F.relu(1 / 3 - loc.var(1)).square().sum(-1) + loc.mean(1).square().sum(-1)
+        loss = loss + cfg.coverage_weight * (kl_uniform + spread).mean()
+    if cfg.explore_entropy:
+        logp = F.log_softmax(logits, -1)
+        entropy = -(logp.exp() * logp).sum(-1).mean() + out["prior_loc_std"].log().sum()
+        loss = loss - cfg.entropy_weight * entropy
+    return loss
+
+
+def rollout(cfg: WSRAMConfig, model: torch.nn.Module, images, labels) -> dict[str, torch.Tensor]:
+    """The training-time rollout: M sequences from the proposal the variant prescribes."""
+    if cfg.policy == "random":
+        return model(images, labels, cfg.num_samples, "random")
+    temperature = cfg.temperature if cfg.explore_temperature else 1.0
+    return model(images, labels, cfg.num_samples, "q" if cfg.use_q else "prior", temperature)
+
+
+def log_weights(out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Eq. 7: log w~ = log p(a | I) + log p(y | a, I) - log proposal(a)."""
+    return (out["log_pa"] + out["log_py"] - out["log_proposal"]).detach()
+
+
+class Probes:
+    """The Fig. 2 measurements that need extra forward passes, on fixed training images, at fixed parameters.
+
+    They run under their own RNG seeded by (seed, step), so logging more or less often never changes
+    training, and on the unwrapped model, so no gradient synchronisation is involved."""
+
+    def __init__(self, cfg: WSRAMConfig, dataset: TranslatedScaledMNIST):
+        n = min(cfg.train_probe_size, len(dataset))
+        batch = [dataset[i] for i in range(n)]
+        self.images = torch.stack([b[0] for b in batch])
+        self.labels = torch.tensor([b[1] for b in batch])
+        self.cfg = cfg
+
+    @torch.no_grad()
+    def train_error(self, model: WSRAM) -> tuple[float, float]:
+        """(error, entropy in nats of the marginal of chosen scales over images and glimpses)."""
+        cfg, dev = self.cfg, next(model.parameters()).device
+        errors, counts = [], torch.zeros(cfg.num_scales)
+        for i in range(0, len(self.images), 256):
+            x, y = self.images[i:i + 256].to(dev), self.labels[i:i + 256].to(dev)
+            out = model(x, y, cfg.num_samples, "prior" if model.learned else "random")
+            errors.append(out["logits"].softmax(-1).mean(0).argmax(-1) != y)
+            counts += torch.bincount(out["scales"].flatten().cpu(), minlength=cfg.num_scales)
+        p = counts / counts.sum()
+        return torch.cat(errors).float().mean().item(), -(p * p.clamp_min(1e-12).log()).sum().item()
+
+    def grad_variance(self, model: WSRAM) -> float:
+        """Total variance of the attention network's gradient estimate over fresh glimpse samples."""
+        cfg, dev = self.cfg, next(model.parameters()).device
+        x, y = self.images[:cfg.batch_size].to(dev), self.labels[:cfg.batch_size].to(dev)
+        params = [p for n, p in model.named_parameters() if not n.startswith("inference.")]
+        tracker = GradientVariance()
+        for _ in range(cfg.grad_probes):
+            loss = surrogate_loss(cfg, rollout(cfg, model, x, y))
+            tracker.update(torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True))
+        return tracker.total_variance()
+
+    def __call__(self, model: WSRAM, step: int) -> dict[str, float]:
+        devices = [self.images.device] if self.images.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.cfg.seed * 1_000_003 + step)
+            error, scale_entropy = self.train_error(model)
+            stats = {"train_error": error, "scale_usage_entropy": scale_entropy}
+            if model.learned:
+                stats["grad_variance"] = self.grad_variance(model)
+        return stats
+
+
+def make_step_fn(cfg: WSRAMConfig, probes: Probes):
+    def step_fn(model, batch, step):
+        images, labels = batch
+        out = rollout(cfg, model, images, labels)
+        loss = surrogate_loss(cfg, out) + exploration_loss(cfg, out)
+        log_w = log_weights(out)
+        stats = {
+            "ess": effective_sample_size(normalized_importance_weights(log_w)).mean().item(),
+            # log 1/M sum_m w~^m: the bound of eq. 9 (with the proposal in use)
+            "log_likelihood": (torch.logsumexp(log_w, 0) - math.log(cfg.num_samples)).mean().item(),
+        }
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            stats.update(probes(getattr(model, "module", model), step))
+        return loss, stats
+
+    return step_fn
+
+
+def make_eval_fn(cfg: WSRAMConfig):
+    def eval_fn(model, batch):
+        images, labels = batch
+        wrong = model.predict(images, cfg.num_samples).argmax(-1) != labels
+        return {"test_error": wrong.float()}
+
+    return eval_fn
+
+
+def summarize(metrics_path: Path, test_error: float, cfg: WSRAMConfig) -> dict[str, float]:
+    """final_metrics.json: Table 1's test error and the Fig. 2 curves at the last update / over the run."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    curve = [r for r in rows if "train_error" in r]
+    last = curve[-1]
+    final = {
+        "test_error": test_error,
+        "accuracy": 1.0 - test_error,
+        "glimpses": float(cfg.num_glimpses),
+        "train_error": last["train_error"],  # at update max_steps, the same N for every variant of a config
+        "train_error_auc": sum(r["train_error"] for r in curve) / len(curve),  # mean of the Fig. 2a curve
+        "scale_usage_entropy": last["scale_usage_entropy"],
+        "ess": sum(r["ess"] for r in curve) / len(curve),  # mean of the Fig. 2c curve
+        "ess_final": last["ess"],
+        "steps": float(last["step"]),
+    }
+    if "grad_variance" in last:  # geometric mean of the Fig. 2b curve (it spans orders of magnitude)
+        final["grad_variance"] = math.exp(sum(math.log(r["grad_variance"]) for r in curve) / len(curve))
+    return final
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    cfg, _ = parse_args(get_config, argv, description=__doc__.split("\n")[0])
+    torch.manual_seed(cfg.seed)  # the model's initial parameters
+    data = dict(canvas=cfg.canvas, scale_range=cfg.digit_scale, seed=cfg.seed)
+    train_set = TranslatedScaledMNIST("train", cfg.train_size, **data)
+    test_set = TranslatedScaledMNIST("test", cfg.test_size, **data)
+    model = build_model(cfg)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loop = LoopConfig(max_steps=cfg.max_steps, batch_size=cfg.batch_size, seed=cfg.seed,
+                      checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
+                      log_every=cfg.log_every, output_dir=cfg.output_dir)
+    metrics = train(loop, model, optimizer, train_set, make_step_fn(cfg, Probes(cfg, train_set)),
+                    eval_dataset=test_set, eval_fn=make_eval_fn(cfg))
+    # Asked only now: train() set up the (possibly distributed) process state this reads.
+    if not PartialState().is_main_process:  # the main process alone writes the log and the results
+        return {}
+    out = Path(cfg.output_dir)
+    save_config(cfg, out)
+    final = summarize(out / "metrics.jsonl", metrics["test_error"], cfg)
+    save_result(out / "final_metrics.json", final)
+    print(json.dumps({"variant": cfg.variant, **final}))
+    return final
+
+
+if __name__ == "__main__":
+    main_guard(main)
