@@ -62,9 +62,15 @@ def paper_vs_ours(reported: dict, ours: dict) -> list[dict]:
             metric = result.get("metrics", {}).get(link["metric"])
             measured = None if metric is None else metric["mean"]
             tolerance = Tolerance(key, link["kind"], link.get("tol", 0.0))
-            row = {"paper": paper, "quantity": key, "cite": entry.get("cite", ""), "paper_value": entry["value"],
-                   "ours": measured, "source": f"{link['result']}:{link['metric']}",
-                   "tolerance": tolerance.describe()}
+            row = {
+                "paper": paper,
+                "quantity": key,
+                "cite": entry.get("cite", ""),
+                "paper_value": entry["value"],
+                "ours": measured,
+                "source": f"{link['result']}:{link['metric']}",
+                "tolerance": tolerance.describe(),
+            }
             if measured is None:
                 row.update(diff=None, status="MISSING")
             else:
@@ -78,10 +84,16 @@ def claim_rows(ours: dict) -> list[dict]:
     rows = []
     for name, result in ours.items():
         for c in result.get("claims", []):
-            rows.append({"result": name, "claim": c.get("text", c["id"]),
-                         "lhs": f"{c['lhs']} = {_fmt(c.get('lhs_value'))}",
-                         "rhs": f"{c['rhs']} = {_fmt(c.get('rhs_value'))}", "op": c["op"],
-                         "holds": "holds" if c.get("holds") else "does not hold"})
+            rows.append(
+                {
+                    "result": name,
+                    "claim": c.get("text", c["id"]),
+                    "lhs": f"{c['lhs']} = {_fmt(c.get('lhs_value'))}",
+                    "rhs": f"{c['rhs']} = {_fmt(c.get('rhs_value'))}",
+                    "op": c["op"],
+                    "holds": "holds" if c.get("holds") else "does not hold",
+                }
+            )
     return rows
 
 
@@ -89,15 +101,31 @@ def model_rows(reported: dict, ours: dict) -> list[dict]:
     rows = []
     for paper, doc in reported.items():
         for m in doc.get("models", []):
-            rows.append({"scale": "paper", "paper": paper, "model": m["model"], "dataset": m.get("dataset", ""),
-                         **{a: m.get(a) for a in AXES}, "source": m.get("cite", "")})
+            rows.append(
+                {
+                    "scale": "paper",
+                    "paper": paper,
+                    "model": m["model"],
+                    "dataset": m.get("dataset", ""),
+                    **{a: m.get(a) for a in AXES},
+                    "source": m.get("cite", ""),
+                }
+            )
     for name, result in ours.items():
         metrics = result.get("metrics", {})
         runs = sorted({k.split("/", 1)[0] for k in metrics if k.endswith("/accuracy")})
         for run in runs:
             values = {a: metrics.get(f"{run}/{a}", {}).get("mean") for a in AXES}
-            rows.append({"scale": result.get("scale", name.split("/")[1]), "paper": result.get("paper", name),
-                         "model": run, "dataset": result.get("task", ""), **values, "source": f"results/{name}.json"})
+            rows.append(
+                {
+                    "scale": result.get("scale", name.split("/")[1]),
+                    "paper": result.get("paper", name),
+                    "model": run,
+                    "dataset": result.get("task", ""),
+                    **values,
+                    "source": f"results/{name}.json",
+                }
+            )
     return rows
 
 
@@ -136,8 +164,11 @@ def plot_models(rows: list[dict], path: Path) -> None:
     fig, axes = plt.subplots(1, len(scales), figsize=(6 * len(scales), 4.5), squeeze=False)
     for ax, scale in zip(axes[0], scales, strict=True):
         for paper in sorted({r["paper"] for r in rows if r["scale"] == scale}):
-            pts = [r for r in rows if r["scale"] == scale and r["paper"] == paper and r["accuracy"] is not None
-                   and r["mults"]]
+            pts = [
+                r
+                for r in rows
+                if r["scale"] == scale and r["paper"] == paper and r["accuracy"] is not None and r["mults"]
+            ]
             ax.scatter([r["mults"] for r in pts], [r["accuracy"] for r in pts], label=paper)
             for r in pts:
                 ax.annotate(r["model"], (r["mults"], r["accuracy"]), fontsize=7)
@@ -157,11 +188,24 @@ def render(results_dir: Path, out_dir: Path) -> str:
     out_dir.mkdir(parents=True, exist_ok=True)
     sections = []
     tables = [
-        ("paper_vs_ours", "Paper vs ours", paper_vs_ours(reported, ours),
-         ["paper", "quantity", "cite", "paper_value", "ours", "diff", "tolerance", "status"]),
-        ("claims", "Claims at each scale", claim_rows(ours), ["result", "claim", "lhs", "op", "rhs", "holds"]),
-        ("models", "Models on common axes", model_rows(reported, ours),
-         ["scale", "paper", "model", "dataset", *AXES, "source"]),
+        (
+            "paper_vs_ours",
+            "Paper vs ours",
+            paper_vs_ours(reported, ours),
+            ["paper", "quantity", "cite", "paper_value", "ours", "diff", "tolerance", "status"],
+        ),
+        (
+            "claims",
+            "Claims at each scale",
+            claim_rows(ours),
+            ["result", "claim", "lhs", "op", "rhs", "holds"],
+        ),
+        (
+            "models",
+            "Models on common axes",
+            model_rows(reported, ours),
+            ["scale", "paper", "model", "dataset", *AXES, "source"],
+        ),
     ]
     for stem, title, rows, columns in tables:
         write_csv(out_dir / f"{stem}.csv", rows, columns)
@@ -185,7 +229,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     parser.add_argument("--out", type=Path, default=None, help="default: <results-dir>/compare")
-    parser.add_argument("--readme", type=Path, default=None, help="README whose results section to regenerate")
+    parser.add_argument(
+        "--readme", type=Path, default=None, help="README whose results section to regenerate"
+    )
     args = parser.parse_args(argv)
     try:
         summary = render(args.results_dir, args.out or args.results_dir / "compare")
