@@ -69,7 +69,7 @@ def load_spec(path: str | Path, scale: str) -> Spec:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"no reproduction spec at {path}") from None
+        raise UserError(f"{path.stem} is not implemented yet (no reproduction spec at {path})") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: invalid TOML ({e})") from None
     for key in ("paper", "script", "scales"):

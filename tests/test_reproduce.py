@@ -190,7 +190,7 @@ def test_spec_errors_are_user_errors(tmp_path):
     spec = _spec(tmp_path)
     with pytest.raises(UserError, match=r"no \[scales.paper\] \(has: smoke, cpu\)"):
         load_spec(spec, "paper")
-    with pytest.raises(UserError, match="no reproduction spec at"):
+    with pytest.raises(UserError, match="is not implemented yet .no reproduction spec at"):
         load_spec(tmp_path / "nope.toml", "smoke")
     spec.write_text(spec.read_text().replace('kind = "exact"', 'kind = "close"'))
     with pytest.raises(UserError, match="kind must be one of"):
