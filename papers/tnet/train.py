@@ -1,0 +1,201 @@
+"""Train TNet or one of its fully convolutional baselines, then evaluate accuracy vs. attended locations.
+
+    python papers/tnet/train.py --config NAME [--seed N] [--output-dir DIR] [--set field=value ...]
+    accelerate launch [--cpu] --num_processes 2 papers/tnet/train.py --config smoke
+
+Writes <output-dir>/config.json, metrics.jsonl (training log), checkpoints/ (resumed when present) and
+final_metrics.json: accuracy (and top-5 with >= 10 classes), coverage of the finest level (sec. 5.3),
+multiplications (eq. 11), latency and peak memory per setting of attended locations, plus the
+prediction after every level. Config names and fields: papers/tnet/config.py.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+import torch.nn.functional as F
+
+from core.cli import main_guard, parse_args, save_config
+from core.data import DigitCanvas, build_dataset
+from core.data.transforms import random_resized_crop_box, resize, to_signed
+from core.errors import UserError
+from core.results import save_result
+from core.train import LoopConfig, train
+from papers.tnet.config import TNetConfig, get_config
+from papers.tnet.evaluate import cost_metrics, load_weights, make_eval_fn
+from papers.tnet.model import build_model, tnet_loss
+
+
+class InceptionAugment:
+    """Training augmentation of App. B.2 on a float image (C, H, W) in [0, 1] -> (C, size, size) in [-1, 1].
+
+    A random crop covering at least 85% of the image area with aspect ratio in [0.5, 2], resized to
+    `size` with one of 8 resampling methods picked at random, a random horizontal flip, and photometric
+    distortions (Howard 2013: brightness, saturation, hue and contrast, in random order).
+    """
+
+    METHODS = (("bilinear", False), ("nearest", False), ("bicubic", False), ("area", False),
+               ("bilinear", True), ("bicubic", True), ("nearest-exact", False), ("bilinear-corners", False))
+
+    def __init__(self, size: int):
+        self.size = size
+
+    @staticmethod
+    def _uniform(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * torch.rand(()).item()
+
+    def _resize(self, image: torch.Tensor) -> torch.Tensor:
+        mode, antialias = self.METHODS[int(torch.randint(len(self.METHODS), ()))]
+        if mode == "bilinear-corners":
+            kw = {"mode": "bilinear", "align_corners": True}
+        elif mode in ("bilinear", "bicubic"):
+            kw = {"mode": mode, "align_corners": False, "antialias": antialias}
+        else:
+            kw = {"mode": mode}
+        return F.interpolate(image[None], size=(self.size, self.size), **kw)[0].clamp(0, 1)
+
+    def _photometric(self, image: torch.Tensor) -> torch.Tensor:
+        if image.shape[0] != 3:  # grey images: brightness and contrast only
+            ops = [lambda x: x + self._uniform(-32 / 255, 32 / 255),
+                   lambda x: x.mean() + (x - x.mean()) * self._uniform(0.5, 1.5)]
+        else:
+            to_yiq = image.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
+                                       [0.211, -0.523, 0.312]])
+
+            def hue(x):  # rotate the chroma plane of YIQ by up to 0.2 turns
+                angle = 2 * math.pi * self._uniform(-0.2, 0.2)
+                c, s = math.cos(angle), math.sin(angle)
+                rotate = x.new_tensor([[1, 0, 0], [0, c, -s], [0, s, c]])
+                return torch.einsum("ij,jhw->ihw", torch.linalg.inv(to_yiq) @ rotate @ to_yiq, x)
+
+            def saturation(x):
+                grey = x.mean(0, keepdim=True)
+                return grey + (x - grey) * self._uniform(0.5, 1.5)
+
+            ops = [lambda x: x + self._uniform(-32 / 255, 32 / 255), saturation, hue,
+                   lambda x: x.mean() + (x - x.mean()) * self._uniform(0.5, 1.5)]
+        for i in torch.randperm(len(ops)).tolist():
+            image = ops[i](image).clamp(0, 1)
+        return image
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        top, left, h, w = random_resized_crop_box(*image.shape[-2:], scale=(0.85, 1.0), ratio=(0.5, 2.0))
+        image = self._resize(image[:, top:top + h, left:left + w])
+        if torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return to_signed(self._photometric(image))
+
+
+class ResizeSigned:
+    """Evaluation: the whole image resized to `size` (no crop, as the official code), in [-1, 1]."""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return to_signed(resize(image, (self.size, self.size)).clamp(0, 1))
+
+
+def build_datasets(cfg: TNetConfig):
+    """(train, eval) datasets yielding (image (C, image_size, image_size) in [-1, 1], label).
+
+    "digits": the CPU task, real MNIST digits (core.data.DigitCanvas) on a cluttered canvas; training
+    canvases depend on the seed, the test canvases (held-out digits) are the same for every run.
+    Anything else is a hub id or local folder read by core.data.build_dataset (ImageNet, fMoW) with the
+    augmentation of B.2 for training.
+    """
+    if cfg.dataset == "digits":
+        kw = dict(canvas=cfg.image_size, scale_range=cfg.digit_scale, num_clutter=cfg.num_clutter,
+                  clutter_size=cfg.clutter_size, channels=cfg.channels, transform=to_signed)
+        return (DigitCanvas("train", cfg.train_size, seed=cfg.seed, **kw),
+                DigitCanvas("test", cfg.eval_size, seed=0, **kw))
+    kw = dict(channels=cfg.channels, num_classes=cfg.num_classes)
+    train_tf = InceptionAugment(cfg.image_size) if cfg.augment else ResizeSigned(cfg.image_size)
+    return (build_dataset(cfg.dataset, cfg.train_split, transform=train_tf, **kw),
+            build_dataset(cfg.dataset, cfg.eval_split, transform=ResizeSigned(cfg.image_size), **kw))
+
+
+def make_step_fn(cfg: TNetConfig):
+    """step_fn(model, batch, step) -> (loss, stats) for core.train: eq. 2 for TNet, cross-entropy
+    (+ L2 on kernels, B.3) for the baselines."""
+
+    def tnet_step(model, batch, step):
+        images, targets = batch
+        if cfg.mc_samples > 1:  # M Monte Carlo samples per image = the batch repeated (eq. 1)
+            images, targets = images.repeat(cfg.mc_samples, 1, 1, 1), targets.repeat(cfg.mc_samples)
+        out = model(images)
+        loss, stats = tnet_loss(out, targets, getattr(model, "module", model).baseline, cfg)
+        stats["train_accuracy"] = stats.pop("reward")
+        return loss, stats
+
+    def baseline_step(model, batch, step):
+        images, targets = batch
+        logits = model(images)
+        loss = F.cross_entropy(logits, targets)
+        if cfg.l2:
+            kernels = [p for p in model.parameters() if p.ndim > 1]
+            loss = loss + cfg.l2 * sum(p.square().sum() for p in kernels)
+        return loss, {"train_accuracy": (logits.argmax(1) == targets).float().mean().item()}
+
+    return tnet_step if cfg.model == "tnet" else baseline_step
+
+
+def lr_schedule(cfg: TNetConfig, max_steps: int):
+    """Drop the learning rate once by lr_decay at lr_decay_at of training (sec. 5.1, B.3)."""
+    boundary = math.floor(cfg.lr_decay_at * max_steps)
+    return lambda step: 1.0 if step < boundary else cfg.lr_decay
+
+
+def _world() -> tuple[int, bool]:
+    """(number of processes, is this the main one) from the launcher's environment (torchrun/accelerate).
+    Read before core.train creates the Accelerator: an earlier accelerate state would be built without
+    the launcher's CPU flag and pin every process to rank 0."""
+    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")) == 0
+
+
+def run(cfg: TNetConfig, output_dir: str) -> dict[str, float]:
+    torch.manual_seed(cfg.seed)
+    processes, is_main = _world()
+    if cfg.batch_size % processes:
+        raise UserError(f"batch_size {cfg.batch_size} is not divisible by {processes} processes")
+    train_set, eval_set = build_datasets(cfg)
+    max_steps = cfg.max_steps or math.ceil(cfg.epochs * len(train_set) / cfg.batch_size)
+    model = build_model(cfg)
+    if cfg.init_from:
+        load_weights(model, cfg.init_from)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, max_steps))
+    loop = LoopConfig(max_steps=max_steps, batch_size=cfg.batch_size // processes, seed=cfg.seed,
+                      checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
+                      log_every=cfg.log_every,
+                      output_dir=output_dir, num_workers=cfg.num_workers)
+    if is_main:
+        save_config(cfg, output_dir)
+    metrics = train(loop, model, optimizer, train_set, make_step_fn(cfg), eval_set, make_eval_fn(cfg),
+                    scheduler=scheduler)
+    if not is_main:
+        return metrics
+    if cfg.measure_cost:
+        metrics.update(cost_metrics(model, cfg))
+    save_result(Path(output_dir) / "final_metrics.json", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, args = parse_args(get_config, argv, description="Train and evaluate TNet or its baselines.")
+    metrics = main_guard(run, cfg, args.output_dir)
+    if _world()[1]:
+        width = max(map(len, metrics), default=0)
+        print("\n".join(f"{k:<{width}}  {v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
