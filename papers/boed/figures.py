@@ -1,0 +1,182 @@
+"""Figures 2, 5, 6 and 7 of BOED, redrawn from stored results only (no training).
+
+    python papers/boed/figures.py [--scale cpu] [--results-dir results] [--out DIR]
+
+Reads results/boed/<scale>-logs/<run>/seed<S>.jsonl (copied there by `core.reproduce --update`), whose last
+record (stage "summary") holds each run's figure data, and writes into DIR (default results/boed/figures):
+  fig2_first_epe.png   EPE of the first glimpse at every candidate location, per task (Fig. 2, panel 4)
+  fig5_iterations.png  iterations to within 0.01 of the best validation accuracy per task, partially
+                       supervised vs unsupervised, mean and spread over seeds x replicates; and the mean
+                       validation curves (Fig. 5)
+  fig6_heatmaps.png    per task, condition and time step: the fraction of test glimpses covering each
+                       pixel (Fig. 6)
+  fig7_flops.png       test accuracy vs multiplications per image: the adaptive-stopping hard-attention net
+                       (threshold swept) and every low-power CNN (c, r) (Fig. 7)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from core.cli import main_guard  # noqa: E402
+from core.errors import UserError  # noqa: E402
+from core.glimpse import lattice_top_left  # noqa: E402
+from papers.boed.design import candidate_masks  # noqa: E402
+
+COLORS = {"partial": "tab:blue", "unsupervised": "tab:orange"}
+
+
+def load_summaries(logs: Path, run: str) -> list[dict]:
+    """The summary record of every seed of a run, seed order."""
+    folder = logs / run
+    paths = sorted(folder.glob("seed*.jsonl"), key=lambda p: int(p.stem[4:]))
+    if not paths:
+        raise UserError(f"no logs under {folder} "
+                        "(run `python -m core.reproduce reproductions/boed.toml --update`)")
+    out = []
+    for path in paths:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        summary = [r for r in rows if r.get("stage") == "summary"]
+        if not summary:
+            raise UserError(f"{path} has no summary record")
+        out.append(summary[-1])
+    return out
+
+
+def fig2(summaries: list[dict], out: Path) -> Path:
+    names = summaries[0]["task_names"]
+    epe = np.mean([np.array(s["epe_first"]) for s in summaries], 0)  # (L, K)
+    n = int(round(len(epe) ** 0.5))
+    fig, axes = plt.subplots(1, len(names), figsize=(2.6 * len(names), 2.6), squeeze=False)
+    for k, ax in enumerate(axes[0]):
+        im = ax.imshow(epe[:, k].reshape(n, n), cmap="viridis")
+        ax.set_title(f"{names[k]}", fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.suptitle("First-glimpse EPE over the candidate lattice (nats; low = informative)", fontsize=10)
+    fig.tight_layout()
+    path = out / "fig2_first_epe.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fig5(summaries: list[dict], out: Path) -> Path:
+    names = summaries[0]["task_names"]
+    conditions = list(dict.fromkeys(c for c, _ in summaries[0]["members"]))
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={"width_ratios": [1.3, 1]})
+    width = 0.8 / len(conditions)
+    for j, cond in enumerate(conditions):
+        per_task = [[it for s in summaries for (c, k), it in zip(s["members"], s["iters"], strict=True)
+                     if c == cond and k == task] for task in range(len(names))]
+        x = np.arange(len(names)) + (j - (len(conditions) - 1) / 2) * width
+        ax.bar(x, [np.mean(v) for v in per_task], width, yerr=[np.std(v) for v in per_task], capsize=3,
+               color=COLORS.get(cond), label=cond)
+        curves = [s["curves"][str(e)] for s in summaries
+                  for e, (c, _) in enumerate(s["members"]) if c == cond]
+        steps = curves[0][0]
+        ax2.plot(steps, np.mean([c[1] for c in curves], 0), color=COLORS.get(cond), label=cond)
+    ax.set_xticks(np.arange(len(names)), names, rotation=30, fontsize=8)
+    ax.set_ylabel("iterations to within 0.01 of best val. acc.")
+    ax.legend(fontsize=8)
+    ax2.set_xlabel("training iteration")
+    ax2.set_ylabel("validation accuracy (mean over nets)")
+    ax2.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "fig5_iterations.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def fig6(summaries: list[dict], out: Path) -> Path:
+    s0 = summaries[0]
+    names, size, image_size, n = s0["task_names"], s0["glimpse_size"], s0["image_size"], s0["lattice"]
+    masks = candidate_masks((image_size, image_size), lattice_top_left(image_size, size, n), size).float()
+    conditions = list(dict.fromkeys(c for c, _ in s0["members"]))
+    T = len(s0["location_counts"][0])
+    rows = [(k, c) for k in range(len(names)) for c in conditions]
+    fig, axes = plt.subplots(len(rows), T, figsize=(1.6 * T, 1.6 * len(rows)), squeeze=False)
+    for r, (k, cond) in enumerate(rows):
+        counts = sum(torch.tensor(s["location_counts"][e]) for s in summaries
+                     for e, (c, kk) in enumerate(s["members"]) if c == cond and kk == k)  # (T, L)
+        for t in range(T):
+            frac = torch.einsum("l,lhw->hw", counts[t] / counts[t].sum(), masks).numpy()
+            ax = axes[r, t]
+            ax.imshow(frac, cmap="magma", vmin=0, vmax=max(float(frac.max()), 1e-6))
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"t = {t + 1}", fontsize=9)
+            if t == 0:
+                ax.set_ylabel(f"{names[k]}\n{cond}", fontsize=7)
+    fig.suptitle("Fraction of test glimpses covering each pixel", fontsize=10)
+    fig.tight_layout()
+    path = out / "fig6_heatmaps.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def fig7(summaries: list[dict], out: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sweep = np.array([[[r["mults"], r["accuracy"]] for r in s["attention"]] for s in summaries]).mean(0)
+    order = np.argsort(sweep[:, 0])
+    ax.plot(sweep[order, 0], 100 * sweep[order, 1], "k-o", label="hard attention (adaptive stopping)",
+            zorder=3)
+    cnns = {}
+    for s in summaries:
+        for c in s["cnns"]:
+            cnns.setdefault((c["arch"], c["c"], c["r"]), []).append((c["mults"], c["accuracy"]))
+    markers = {"shufflenet": "s", "mobilenet": "^"}
+    for (arch, c, r), pts in sorted(cnns.items()):
+        m, a = np.mean(pts, 0)
+        ax.scatter(m, 100 * a, marker=markers.get(arch, "o"), s=25, alpha=0.8,
+                   label=f"{arch}, c = {c:g}, r = {r}")
+    ax.set_xscale("log")
+    ax.set_xlabel("multiplications per image")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(fontsize=6, ncol=2)
+    fig.tight_layout()
+    path = out / "fig7_flops.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--scale", default="cpu")
+    parser.add_argument("--results-dir", type=Path, default=Path(__file__).resolve().parents[2] / "results")
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    logs = args.results_dir / "boed" / f"{args.scale}-logs"
+    out = args.out or args.results_dir / "boed" / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    supervision = load_summaries(logs, "supervision")
+    paths = [fig5(supervision, out), fig6(supervision, out)]
+    if "epe_first" in supervision[0]:
+        paths.append(fig2(supervision, out))
+    if (logs / "flops").is_dir():
+        paths.append(fig7(load_summaries(logs, "flops"), out))
+    for p in paths:
+        print(p)
+    return paths
+
+
+if __name__ == "__main__":
+    main_guard(main)
