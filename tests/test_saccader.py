@@ -8,8 +8,11 @@ import pytest
 import torch
 
 from core.metrics import count_parameters
+from papers.saccader import figures
 from papers.saccader.config import get_config
+from papers.saccader.data import DigitPairs
 from papers.saccader.dram import DRAM, TFLSTMCell
+from papers.saccader.evaluate import evaluate_run, occlude, parts_seen
 from papers.saccader.model import Saccader, SaccaderCell, build_model
 from papers.saccader.policies import POLICIES, select_locations
 from papers.saccader.train import main, make_step_fn, max_logit_order
@@ -144,6 +147,8 @@ def test_policy_stage_reinforce_reaches_the_location_network():
 def test_no_attention_network_ablation():
     model = small_saccader(attention_network=False)
     assert model.attention is None
+    # official attention_groups = 0: the 2048-d features (128 at width 1/16) are the "where" features
+    assert model.mix.in_channels == 128 + 32
     out = model(torch.randn(2, 1, 112, 112), 2)
     assert out["logits"].shape == (2, 2, 10)
 
@@ -166,16 +171,103 @@ def test_dram_glimpses_and_log_probs():
     assert widths[0] < widths[1] < widths[2] and widths[2] > 1.9  # the widest view spans the whole image
 
 
+def test_dram_classification_sees_only_the_high_resolution_view():
+    torch.manual_seed(0)
+    model = DRAM(num_classes=10, width=0.0625, in_channels=1).eval()
+    images = torch.rand(2, 1, 128, 128)
+    views = model.fields_of_view(images, torch.zeros(2, 2))
+    noise = torch.rand_like(views[1])  # change the middle view but not its spatial mean
+    changed = [views[0], views[1] + noise - noise.mean((2, 3), keepdim=True), views[2]]
+    high_only = (True, False, False)
+    with torch.no_grad():
+        torch.testing.assert_close(model.glimpse_features(views, high_only),
+                                   model.glimpse_features(changed, high_only))
+        assert not torch.allclose(model.glimpse_features(views, (True,) * 3),
+                                  model.glimpse_features(changed, (True,) * 3))
+
+
+def test_dram_pretraining_averages_every_combination_of_views():
+    torch.manual_seed(0)
+    model = DRAM(num_classes=10, width=0.0625, in_channels=1)
+    logits = model(torch.rand(3, 1, 128, 128), 2, pretrain_glimpse=110)["logits"]
+    assert logits.shape == (3, 7 * 2, 10)  # 2^3 - 1 view combinations x 2 random glimpses
+    logits.mean(1).sum().backward()
+    assert model.classifier.weight.grad.abs().sum() > 0 and model.emission.weight.grad is None
+
+
+def test_digit_pairs_task():
+    kw = dict(canvas=160, num_clutter=0, seed=3)
+    data = DigitPairs("train", 64, **kw)
+    assert data.num_classes == 10 and data.labels.min() >= 0 and data.labels.max() < 10
+    assert torch.equal(data.images, DigitPairs("train", 64, **kw).images)  # a function of (seed, split, n)
+    assert not torch.equal(data.images, DigitPairs("test", 64, **kw).images)
+    image, label, boxes = data[0]
+    assert image.shape == (1, 160, 160) and 0 <= image.min() and image.max() <= 1
+    # both key digits are drawn where their boxes say, far apart, inside the margin
+    corners = data.key_boxes[:, :, :2]
+    assert ((corners[:, 0] - corners[:, 1]).abs().amax(-1) >= 50).all()
+    assert corners.min() >= 24 and data.key_boxes[..., 2:].max() <= 160 - 24
+    y0, x0, y1, x1 = boxes[0].long().tolist()
+    assert image[0, y0:y1, x0:x1].sum() > 0 and image.sum() > image[0, y0:y1, x0:x1].sum()
+    assert data.pairs[label] == (0, 1) or label > 0  # label = index of the unordered pair (a < b)
+    assert data.pairs == [(a, b) for a in range(5) for b in range(a + 1, 5)]
+
+
+def test_occlusion_and_parts_seen():
+    images = torch.ones(2, 1, 10, 10)
+    boxes = torch.tensor([[[0, 0, 2, 3]], [[5, 5, 10, 10]]], dtype=torch.float)
+    occluded = occlude(images, boxes)
+    assert occluded[0, 0, :2, :3].eq(0).all() and occluded[0].sum() == 100 - 6
+    assert occluded[1, 0, 5:, 5:].eq(0).all() and occluded[1].sum() == 100 - 25
+    parts = torch.tensor([[[0, 0, 2, 2], [6, 6, 8, 8]], [[6, 6, 8, 8], [0, 0, 2, 2]]], dtype=torch.float)
+    assert parts_seen(boxes, parts).tolist() == [0.5, 0.5]
+
+
+def test_figures_from_a_stored_result(tmp_path):
+    metrics = {}
+    for run, policy in (("saccader", "learned"), ("saccader", "random"), ("dram", "learned")):
+        for kind in ("accuracy", "coverage", "occluded_accuracy"):
+            for k in (1, 2, 4):
+                metrics[f"{run}/{kind}_{policy}_T{k}"] = {"per_seed": [0.5], "mean": 0.5, "std": 0.0}
+    result = {"paper": "saccader", "scale": "cpu", "metrics": metrics,
+              "provenance": {"configs": {"saccader": {"resolved": {"train_glimpses": 2}}}}}
+    (tmp_path / "saccader").mkdir()
+    (tmp_path / "saccader" / "cpu.json").write_text(json.dumps(result))
+    made = figures.make_figures(str(tmp_path), "cpu", str(tmp_path / "figs"))
+    assert [p.name for p in made] == ["figure3.png", "figure5.png", "figure_supp3.png"]
+    assert all(p.stat().st_size > 0 for p in made)
+    assert figures.curve(metrics, "saccader", "accuracy", "learned")[0] == [1, 2, 4]
+
+
 @pytest.mark.smoke
 def test_smoke_training_run(tmp_path):
     metrics = main(["--config", "smoke", "--output-dir", str(tmp_path)])
     saved = json.loads((tmp_path / "final_metrics.json").read_text())
     assert saved == pytest.approx(metrics)
-    for policy in POLICIES:
-        assert 0 <= saved[f"accuracy_{policy}_T2"] <= 1
-        assert 0 < saved[f"coverage_{policy}_T2"] <= 1
+    for policy in ("learned", "no_location_pretraining", "learned_pretrained", *POLICIES[1:]):
+        assert 0 <= saved[f"accuracy_{policy}_T2"] <= 1, policy
+        assert 0 < saved[f"coverage_{policy}_T2"] <= 1, policy
+    for policy in ("learned", "random"):
+        assert 0 <= saved[f"occluded_accuracy_{policy}_T2"] <= 1
     stages = [json.loads(line)["stage"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert stages[0] == "representation" and "location" in stages and stages[-1] == "policy"
+    assert list(dict.fromkeys(stages)) == ["classifier", "representation", "saccader/location",
+                                           "saccader/policy", "no_location_pretraining/policy",
+                                           "patch_classifier"]
+    assert 0 <= saved["accuracy_patch_classifier_T2"] <= 1  # Saccader-NASNet's analogue (sec. 4.3)
+    # evaluate.py reloads the trained networks and reproduces the (deterministic) final metrics; figure 4
+    evaluated = evaluate_run(str(tmp_path), num_images=2)
+    for key in ("accuracy_learned_T2", "accuracy_ordered_logits_T1", "occluded_accuracy_learned_T2"):
+        assert evaluated[key] == pytest.approx(saved[key])
+    assert figures.figure4(tmp_path, tmp_path, 2).stat().st_size > 0
+
+
+@pytest.mark.smoke
+def test_smoke_dram_run(tmp_path):
+    saved = main(["--config", "smoke-dram", "--output-dir", str(tmp_path)])
+    for k in (1, 2):
+        assert 0 <= saved[f"accuracy_learned_T{k}"] <= 1 and 0 < saved[f"coverage_learned_T{k}"] <= 1
+    stages = [json.loads(line)["stage"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert list(dict.fromkeys(stages)) == ["pretrain_wide", "pretrain_narrow", "policy"]
 
 
 def test_cli_rejects_unknown_config(capsys):

@@ -345,17 +345,19 @@ def test_inception_augmentation_shapes_and_range():
 
 
 @pytest.mark.smoke
-def test_smoke_training_run_writes_metrics(tmp_path):
+def test_smoke_training_run_writes_metrics(tmp_path, capsys):
+    from papers.tnet.train import main
+
     out = tmp_path / "run"
-    cmd = [sys.executable, "papers/tnet/train.py", "--config", "smoke", "--output-dir", str(out)]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert main(["--config", "smoke", "--output-dir", str(out)]) == 0
     metrics = json.loads((out / "final_metrics.json").read_text())
     for key in ("accuracy", "accuracy_locs0", "accuracy_locs3", "coverage", "accuracy_level1",
                 "accuracy_level2"):
         assert 0.0 <= metrics[key] <= 1.0
+    assert metrics["coverage_level2_locs3"] > metrics["coverage_level2_locs1"] > 0
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 4 and "loss" in log[-1]
+    assert json.loads((out / "config.json").read_text())["name"] == "smoke"
 
 
 def test_cli_rejects_unknown_config_in_one_line():

@@ -4,12 +4,14 @@ Sources: paper = Elsayed, Kornblith & Le, "Saccader: Improving Accuracy of Hard 
 Vision", NeurIPS 2019 (sec. 3, eqs. 1-6, Appendix B tables "Supp.N", Appendix C); "official" = the
 released TF1 model code (facts in REFERENCE.md, Saccader and DRAM section). `get_config(name)`:
 
-  imagenet                Saccader: BagNet-77-lowD + attention net + cell  (sec. 3.1, Table Supp.1/5)
-  imagenet-bagnet77-lowd  BagNet-77-lowD, logits averaged over locations  (sec. 3.1, Table Supp.2)
-  imagenet-resnet-v2-50   ResNet-v2-50 whole-image baseline               (Table Supp.1/2)
-  imagenet-dram           DRAM: ResNet-v2-50 glimpse network, 2 LSTMs     (App. C "DRAM", Table Supp.4)
-  cpu                     Saccader with a narrower BagNet-lowD on made digit canvases, all three stages
-  smoke                   a few steps of a tiny Saccader, all three stages, for tests
+  imagenet                Saccader: BagNet-77-lowD + attention net + cell, 3 stages (sec. 3, Table Supp.5)
+  imagenet-bagnet77-lowd  BagNet-77-lowD, logits averaged over locations (sec. 3.1, Table Supp.2)
+  imagenet-resnet-v2-50   ResNet-v2-50 whole-image baseline (Table Supp.1/2)
+  imagenet-dram           DRAM: ResNet-v2-50 glimpse network, 2 LSTMs, 2 pretraining stages + hybrid loss
+                          (App. C "DRAM model", Table Supp.4)
+  cpu, cpu-dram           the CPU-scale reproduction (digit-pair canvases, narrow networks): Saccader with
+                          its ablations, policies and occlusion analysis; DRAM on the same task
+  smoke, smoke-dram       a few steps of each, for tests
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ from typing import Literal
 
 from core.errors import UserError
 
+STAGES = {  # stages each model can run, in order
+    "saccader": ("representation", "location", "policy"),
+    "bagnet": ("representation",),
+    "resnet": ("representation",),
+    "dram": ("pretrain_wide", "pretrain_narrow", "policy"),
+}
+VARIANTS = ("saccader", "no_location_pretraining", "no_attention_network")
+
 
 @dataclass
 class SaccaderConfig:
@@ -28,80 +38,124 @@ class SaccaderConfig:
     seed: int = 0
     """Random seed (the CLI's --seed)."""
 
-    # ---- Architecture (sec. 3.1, Figs. Supp.4-6, Table Supp.1) ----
+    # ---- Architecture (sec. 3.1, Figs. Supp.4-6, Table Supp.1, App. C) ----
     model: Literal["saccader", "bagnet", "resnet", "dram"] = "saccader"
     """Saccader (sec. 3.1), or a baseline of Fig. 3a / Table Supp.1: BagNet-77-lowD, ResNet-v2-50, DRAM."""
     width: float = 1.0
-    """Channel multiplier of the CNNs (1.0 = paper, Table Supp.1); CPU scale narrows it, not the design."""
+    """Channel multiplier of every CNN and of DRAM's LSTMs (1.0 = paper, Table Supp.1)."""
     num_classes: int = 1001
     """ImageNet's 1,000 classes + background (official TF-slim convention behind Table Supp.1's counts)."""
     channels: int = 3
     """Input channels: RGB (sec. 4); the CPU task's digits are grey."""
     image_size: int = 224
-    """Input resolution: ImageNet 224 x 224 (sec. 4, Table Supp.2-5)."""
-    attention_network: bool = True
-    """Ablation of Fig. Supp.3: False drops the attention ("where") network; F mixes the what features only.
-    (The paper does not say what replaces it; this is our choice.)"""
+    """Input resolution: ImageNet 224 x 224 (sec. 4, Tables Supp.2-5)."""
     dram_glimpse: int = 77
     """DRAM's high-resolution glimpse side, also every field of view's resized side (App. C "DRAM")."""
     dram_resolutions: int = 3
     """DRAM's fields of view, linearly spaced from 77/224 to the whole image (App. C "DRAM")."""
     dram_std: float = 0.1
     """Std of DRAM's Gaussian location policy (App. C "DRAM")."""
+    resnet_bn_decay: float = 0.997
+    """Moving-average decay of ResNet-v2-50's BN statistics (DRAM's glimpse network, the occlusion
+    classifier): TF-slim's 0.997, made for 120 epochs; CPU scale, a few hundred updates, uses 0.9."""
 
     # ---- Data ----
     dataset: str = "imagenet"
-    """ImageNet ILSVRC 2012 (sec. 3.2), read by core.data.build_dataset; "digits" = the CPU task."""
+    """ImageNet ILSVRC 2012 (sec. 3.2) via core.data.build_dataset; "digit-pairs" = the CPU task."""
     train_split: str = "train"
     """Training split (sec. 3.2 trains on a training subset of ILSVRC 2012 train)."""
     eval_split: str = "validation"
     """Evaluation split: the ILSVRC 2012 validation set (sec. 3.2)."""
     train_size: int = 0
-    """CPU task only: number of made training images."""
+    """CPU task only: number of made training canvases."""
     eval_size: int = 0
-    """CPU task only: number of made test images (held-out digits)."""
-    digit_scale: tuple[float, float] = (1.0, 1.0)
-    """CPU task only: digit side = 28 px x a log-uniform factor in this range."""
-    num_clutter: int = 0
-    """CPU task only: random digit fragments scattered over the canvas."""
-    clutter_size: int = 12
+    """CPU task only: number of made test canvases (held-out digits)."""
+    key_digits: tuple[int, ...] = (0, 1, 2, 3, 4)
+    """CPU task only: digit classes whose unordered pair is the label (C(5, 2) = 10 classes)."""
+    num_distractors: int = 1
+    """CPU task only: digits of other classes on each canvas (parts that do not matter)."""
+    num_clutter: int = 8
+    """CPU task only: random digit fragments scattered over each canvas."""
+    clutter_size: int = 10
     """CPU task only: side of each clutter fragment (px)."""
+    min_separation: int = 50
+    """CPU task only: Chebyshev distance between digits' corners: 28 + 50 > 77, one receptive field
+    never holds two whole digits."""
+    margin: int = 24
+    """CPU task only: digits stay this far from the edges, inside the span of the 77 px receptive
+    fields' centres (38.5 px from the edge with valid convs)."""
 
-    # ---- Training: three stages, each SGD + Nesterov 0.9, cosine schedule with linear warm-up (App. C) ----
+    # ---- Training: every stage SGD + Nesterov 0.9, cosine schedule with linear warm-up (App. C) ----
     stages: tuple[str, ...] = ("representation", "location", "policy")
-    """Stages in order (sec. 3.2): eq. 4 (representation), eq. 5 (location pretraining), eq. 6 (policy)."""
-    location_pretraining: bool = True
-    """Ablation of Fig. Supp.3 ("no pretraining", Table Supp.5 ***): False skips the eq. 5 stage."""
+    """Stages in order. Saccader (sec. 3.2): eq. 4 representation, eq. 5 location pretraining, eq. 6
+    policy. DRAM (App. C): pretraining on wide then 77 px fields of view, then the hybrid loss."""
+    variants: tuple[str, ...] = ("saccader",)
+    """Saccader models trained from the same stage-1 representation: the full model and the ablations of
+    Fig. Supp.3 / Table Supp.5 (no_location_pretraining: eq. 6 straight from BagNet-77-lowD;
+    no_attention_network: F mixes the 2048-d features with the what features, official attention_groups=0)."""
     batch_size: int = 1024
-    """Batch size 1024 for Saccader (Table Supp.5); CNN baselines 2048 (Table Supp.2)."""
+    """Batch size 1024 for Saccader and DRAM (Tables Supp.4, Supp.5); CNN baselines 2048 (Table Supp.2)."""
     epochs: float = 120
     """Every stage trains for 120 epochs (sec. 3.2, Tables Supp.2-5)."""
-    steps_per_stage: int = 0
-    """Optimiser updates per stage (0 = from `epochs`); CPU scale sets it directly."""
     warmup_epochs: float = 10
     """Linear warm-up length of the cosine schedule, 10 epochs (App. C)."""
+    steps_representation: int = 0
+    """Updates of eq. 4 / eq. 7 (0: `epochs` epochs); CPU scale sets steps directly."""
+    steps_location: int = 0
+    """Updates of eq. 5 (0: `epochs` epochs)."""
+    steps_policy: int = 0
+    """Updates of eq. 6 / DRAM's hybrid loss (0: `epochs` epochs)."""
+    steps_dram_pretrain: int = 0
+    """Updates of each DRAM pretraining stage (0: `epochs` epochs)."""
+    steps_classifier: int = 0
+    """Updates of the occlusion analysis' whole-image classifier (0: `epochs` epochs)."""
+    steps_patch_classifier: int = 0
+    """Updates of the Saccader-NASNet patch classifier (0: `epochs` epochs)."""
     momentum: float = 0.9
     """Nesterov momentum 0.9 (sec. 3.2, App. C)."""
     lr_representation: float = 0.5
-    """BagNet-77-lowD pretraining learning rate 0.5 (Table Supp.2)."""
+    """BagNet-77-lowD learning rate 0.5 (Table Supp.2); ResNet-v2-50 0.9."""
     lr_location: float = 0.2
     """Location pretraining (eq. 5) learning rate 0.2 (Table Supp.5 *)."""
     lr_policy: float = 0.01
-    """Full Saccader training (eq. 6) learning rate 0.01 (Table Supp.5 **)."""
+    """Full Saccader training (eq. 6) and DRAM's hybrid training: 0.01 (Tables Supp.5 **, Supp.4 ***)."""
+    lr_classifier: float = 0.9
+    """Whole-image ResNet-v2-50 of the occlusion analysis: 0.9 (Table Supp.2)."""
+    lr_patch_classifier: float = 0.001
+    """Saccader-NASNet: fine-tuning NASNet on Saccader's 77 px crops at 0.001 (Table Supp.2, NASNet-77)."""
+    lr_dram_wide: float = 0.8
+    """DRAM pretraining on 200 x 200 fields of view: 0.8 (Table Supp.4 *)."""
+    lr_dram_narrow: float = 0.001
+    """DRAM pretraining on 77 x 77 fields of view: 0.001 (Table Supp.4 **)."""
     l2: float = 8e-5
-    """lambda of eqs. 4 and 6, L2 on the representation network (Tables Supp.2, Supp.5)."""
+    """lambda of eqs. 4, 6, 7, L2 on the classification weights (Tables Supp.2, 4, 5)."""
     l2_location: float = 8e-5
-    """nu of eq. 6, L2 on the location weights (Table Supp.5 **); eq. 5 uses nu = 0 (Table Supp.5 *)."""
+    """nu of eq. 6, L2 on the location weights (Table Supp.5 **); eq. 5 uses nu = 0 (Table Supp.5 *);
+    DRAM nu = 0 (Table Supp.4, App. C: "no regularization for the location weights")."""
     pretrain_glimpses: int = 12
     """T = 12 glimpses of eq. 5 (sec. 3.2)."""
     train_glimpses: int = 6
-    """T = 6 glimpses of eq. 6 (sec. 3.2)."""
+    """T = 6 glimpses of eq. 6 (sec. 3.2) and of DRAM (official dram_config num_times = 6)."""
     mc_samples: int = 2
-    """S = 2 sampled trajectories per image in eq. 6 (sec. 3.2)."""
+    """S = 2 sampled trajectories per image in eq. 6 and in DRAM's training (sec. 3.2, App. C)."""
+    dram_pretrain_glimpse: int = 200
+    """Side of DRAM's first, wide-receptive-field pretraining glimpse at 224 px (App. C: 200 x 200)."""
+    dram_pretrain_glimpses: int = 2
+    """DRAM pretraining unrolls 2 time steps of a uniform random policy (App. C)."""
+    dram_reinforce_weight: float = 0.1
+    """Weight of REINFORCE in DRAM's hybrid loss (App. C; official dram_config reinforce_loss_wt)."""
+
+    # ---- Evaluation (sec. 4, Figs. 3-5) ----
     eval_glimpses: tuple[int, ...] = (1, 2, 4, 6, 8, 12, 16)
     """Glimpse counts evaluated (x axis of Fig. 3a)."""
-    eval_policies: tuple[str, ...] = ("learned", "ordered_logits", "random", "sobel_mean", "sobel_var")
-    """Location policies compared in Fig. 3a (sec. 4.1)."""
+    eval_policies: tuple[str, ...] = ("random", "ordered_logits", "sobel_mean", "sobel_var")
+    """Engineered policies compared with the learned one on BagNet-77-lowD (Fig. 3a, sec. 4.1)."""
+    patch_classifier: str = ""
+    """Saccader-NASNet (sec. 4.3): a registered backbone ("resnet_v2_50", "efficientnet_b0", ...) trained
+    on the 77 px patches the trained Saccader attends to, classifying them instead of BagNet ("": none)."""
+    occlusion_classifier: bool = False
+    """Train a whole-image ResNet-v2-50 and measure its accuracy with each policy's glimpses occluded,
+    pixels set to 0 (sec. 4.2, Fig. 5b)."""
 
     # ---- Bookkeeping ----
     eval_every: int = 0
@@ -112,37 +166,52 @@ class SaccaderConfig:
     """Checkpoint every this many steps (0: only at the end of each stage)."""
     num_workers: int = 0
     """DataLoader worker processes."""
-    eval_batch_size: int = 0
-    """Batch size of the final policy evaluation (0 = batch_size)."""
 
     def __post_init__(self):
-        unknown = set(self.stages) - {"representation", "location", "policy"}
-        if unknown:
-            raise UserError(f"unknown stages {sorted(unknown)}; use representation, location, policy")
-        if min(self.pretrain_glimpses, self.train_glimpses, self.mc_samples, self.batch_size) < 1:
-            raise UserError("pretrain_glimpses, train_glimpses, mc_samples and batch_size must be >= 1")
+        allowed = STAGES.get(self.model, ())
+        if unknown := [s for s in self.stages if s not in allowed]:
+            raise UserError(f"model {self.model} has no stages {unknown}; "
+                            f"its stages are {', '.join(allowed)}")
+        if unknown := [v for v in self.variants if v not in VARIANTS]:
+            raise UserError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        if min(self.pretrain_glimpses, self.train_glimpses, self.mc_samples, self.batch_size,
+               self.dram_pretrain_glimpses, min(self.eval_glimpses, default=1)) < 1:
+            raise UserError("glimpse counts, mc_samples and batch_size must be >= 1")
         if not self.width > 0:
             raise UserError(f"width must be > 0, got {self.width}")
 
+
+# The CPU task (`cpu`, `cpu-dram`): 160 px canvases with two key digits, one distractor digit and clutter;
+# BagNet-lowD at 1/16 width sees 11 x 11 = 121 locations 8 px apart with the paper's 77 px receptive field.
+_CPU_TASK = dict(dataset="digit-pairs", width=0.0625, num_classes=10, channels=1, image_size=160,
+                 resnet_bn_decay=0.9,
+                 train_size=2048, eval_size=512, batch_size=32, log_every=10, checkpoint_every=0,
+                 train_glimpses=2, eval_glimpses=(1, 2, 3, 4, 6))
+_SMOKE_TASK = dict(dataset="digit-pairs", width=0.0625, num_classes=10, channels=1, image_size=96,
+                   resnet_bn_decay=0.9,
+                   train_size=8, eval_size=4, num_clutter=2, min_separation=34, margin=0, batch_size=4,
+                   log_every=1, checkpoint_every=0, steps_representation=2, steps_location=2,
+                   steps_policy=2, steps_dram_pretrain=1, steps_classifier=1, pretrain_glimpses=3,
+                   train_glimpses=2, eval_glimpses=(1, 2), eval_policies=("random", "ordered_logits",
+                   "sobel_mean", "sobel_var"), dram_pretrain_glimpse=86)
 
 CONFIGS: dict[str, dict] = {
     "imagenet": {},
     "imagenet-bagnet77-lowd": dict(model="bagnet", stages=("representation",), batch_size=2048),
     "imagenet-resnet-v2-50": dict(model="resnet", stages=("representation",), batch_size=2048,
                                   lr_representation=0.9),
-    # Table Supp.4: full DRAM training at lr 0.01, batch 1024; its two pretraining stages are not built here.
-    "imagenet-dram": dict(model="dram", stages=("policy",), lr_policy=0.01, l2_location=0.0),
-    # CPU scale: one real MNIST digit among clutter on a 128 px canvas; BagNet-lowD at 1/8 width sees
-    # 7 x 7 = 49 locations 8 px apart, each with the paper's 77 px receptive field.
-    "cpu": dict(dataset="digits", width=0.125, num_classes=10, channels=1, image_size=128,
-                train_size=4096, eval_size=512, digit_scale=(0.9, 1.2), num_clutter=12, clutter_size=12,
-                batch_size=32, steps_per_stage=150, lr_representation=0.1, lr_location=0.05,
-                lr_policy=0.01, pretrain_glimpses=12, train_glimpses=2, eval_glimpses=(1, 2, 4),
-                log_every=10, checkpoint_every=0),
-    "smoke": dict(dataset="digits", width=0.0625, num_classes=10, channels=1, image_size=96,
-                  train_size=32, eval_size=8, num_clutter=4, batch_size=4, steps_per_stage=2,
-                  lr_representation=0.05, lr_location=0.05, pretrain_glimpses=4, train_glimpses=2,
-                  eval_glimpses=(1, 2), log_every=1, checkpoint_every=0),
+    "imagenet-dram": dict(model="dram", stages=STAGES["dram"], l2_location=0.0),
+    "cpu": dict(_CPU_TASK, variants=("saccader", "no_location_pretraining"), occlusion_classifier=True,
+                steps_representation=400, steps_location=150, steps_policy=200, steps_classifier=600,
+                lr_representation=0.1, lr_location=0.05, lr_policy=0.01, lr_classifier=0.1,
+                pretrain_glimpses=6),
+    "cpu-dram": dict(_CPU_TASK, model="dram", stages=STAGES["dram"], l2_location=0.0,
+                     steps_dram_pretrain=100, steps_policy=200, lr_dram_wide=0.1, lr_dram_narrow=0.01,
+                     lr_policy=0.01, dram_pretrain_glimpse=143),
+    "smoke": dict(_SMOKE_TASK, variants=("saccader", "no_location_pretraining"), occlusion_classifier=True,
+                  patch_classifier="resnet_v2_50", steps_patch_classifier=1, lr_representation=0.05,
+                  lr_location=0.05),
+    "smoke-dram": dict(_SMOKE_TASK, model="dram", stages=STAGES["dram"], l2_location=0.0),
 }
 
 

@@ -5,16 +5,21 @@ Ba et al.'s deep recurrent attention model with Sermanet et al.'s changes, as th
   sides linspace(77/224, 1, 3) x image (77, 150, 224 px), each resized to 77 x 77, each with RGB + 2
   coordinate channels (linspace(-1, 1) over rows, then columns, of the whole image): 15 input channels;
 - classification only sees the high-resolution glimpse: the other two are replaced by their spatial
-  mean per channel (no gradient through the mean);
+  mean per channel;
 - LSTM 1 (1024, classification) on the 2048-d glimpse feature -> linear logits; LSTM 2 (1024,
   location) on LSTM 1's output -> linear -> tanh, scaled by 1 - 77/224 to keep glimpses inside;
   locations are sampled from a Gaussian of std 0.1 around it in training (clipped), its mean in eval;
 - a first step at the centre with all three fields of view initialises the location LSTM; its
   classification state is then reset to zero and its emitted location is the first glimpse.
+- classification pretraining (App. C): 2 steps of a uniform random policy, first with 200 px (at 224)
+  then with 77 px high-resolution fields of view, every combination of views, one cross-entropy of the
+  averaged logits; then the hybrid loss of Ba et al. (train.py).
 TF's LSTMCell has one bias per gate and adds 1.0 to the forget gate (forget_bias), unlike nn.LSTMCell.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 import torch.nn.functional as F
@@ -52,9 +57,10 @@ def position_channels(images: Tensor) -> Tensor:
 
 
 class DRAM(nn.Module):
-    """forward(images, num_glimpses) -> dict: logits (B, T, K) per glimpse; locations (B, T, 2) the
-    normalised (x, y) glimpse centres; log_prob (B, T) of each sampled location under the Gaussian
-    policy (for REINFORCE; the mean carries the gradient); mean_locations (B, T, 2)."""
+    """forward(images, num_glimpses) -> dict: logits (B, T, K), the prediction after each glimpse;
+    locations (B, T, 2) the normalised (x, y) glimpse centres; log_prob (B, T) of each sampled location
+    under the Gaussian policy (for REINFORCE; the mean carries the gradient); mean_locations (B, T, 2).
+    forward(images, T, pretrain_glimpse=g) -> {"logits": `pretraining_logits(images, g, T)`}."""
 
     def __init__(self, num_classes: int = 1001, width: float = 1.0, in_channels: int = 3, glimpse: int = 77,
                  resolutions: int = 3, std: float = 0.1, hidden: int = 1024):
@@ -72,28 +78,40 @@ class DRAM(nn.Module):
             nn.init.xavier_uniform_(m.weight)
             nn.init.zeros_(m.bias)
 
-    def fields_of_view(self, images: Tensor, loc: Tensor) -> list[Tensor]:
-        """The `resolutions` glimpses (B, C+2, g, g) centred at loc (B, 2), high resolution first."""
+    def classification_parameters(self) -> list[nn.Parameter]:
+        """lambda's weights (Table Supp.4): glimpse network, classification LSTM, classifier."""
+        modules = (self.glimpse_net, self.classification_rnn, self.classifier)
+        return [p for m in modules for p in m.parameters()]
+
+    def location_parameters(self) -> list[nn.Parameter]:
+        """nu's weights (official var_list_location): location LSTM and emission layer."""
+        return [p for m in (self.location_rnn, self.emission) for p in m.parameters()]
+
+    def fields_of_view(self, images: Tensor, loc: Tensor, glimpse: int | None = None) -> list[Tensor]:
+        """The `resolutions` glimpses (B, C+2, g, g) centred at loc (B, 2), high resolution first: sides
+        linspace(g / H, 1, R) x H, each resized to g x g; pixels past the edge repeat the nearest one."""
+        glimpse = glimpse or self.glimpse
         H, W = images.shape[-2:]
         x = torch.cat([images, position_channels(images)], 1)
-        start = self.glimpse / H
-        fractions = torch.linspace(start, 1.0, self.resolutions).tolist()
+        fractions = torch.linspace(glimpse / H, 1.0, self.resolutions).tolist()
         out = []
         for i, frac in enumerate(fractions):
-            side = self.glimpse if i == 0 else int(frac * H)
+            side = glimpse if i == 0 else int(frac * H)
             top_left = glimpse_top_left(loc, side, (H, W))[:, None]
-            patch = extract_patches(x, top_left, side)[:, 0]
-            if side != self.glimpse:
-                patch = F.interpolate(patch, size=(self.glimpse, self.glimpse), mode="bilinear",
-                                      align_corners=False)
+            patch = extract_patches(x, top_left, side, padding="border")[:, 0]
+            if side != glimpse:
+                patch = F.interpolate(patch, size=(glimpse, glimpse), mode="bilinear", align_corners=False)
             out.append(patch.detach())  # official: no gradient through glimpse extraction
         return out
 
-    def step(self, images, loc, state, high_resolution_only: bool):
-        views = self.fields_of_view(images, loc)
-        if high_resolution_only:  # block the wide fields of view: their spatial mean per channel only
-            views = [views[0]] + [v.mean((2, 3), keepdim=True).expand_as(v) for v in views[1:]]
-        g = self.glimpse_net(torch.cat(views, 1))
+    def glimpse_features(self, views: list[Tensor], used: tuple[bool, ...]) -> Tensor:
+        """Glimpse network on the views; an unused view is replaced by its spatial mean per channel."""
+        views = [v if use else v.mean((2, 3), keepdim=True).expand_as(v)
+                 for v, use in zip(views, used, strict=True)]
+        return self.glimpse_net(torch.cat(views, 1))
+
+    def step(self, images, loc, state, used: tuple[bool, ...]):
+        g = self.glimpse_features(self.fields_of_view(images, loc), used)
         (c0, h0), (c1, h1) = state
         c0, h0 = self.classification_rnn(g, (c0, h0))
         c1, h1 = self.location_rnn(h0, (c1, h1))
@@ -106,21 +124,46 @@ class DRAM(nn.Module):
         log_prob = torch.distributions.Normal(mean, self.std).log_prob(sampled).sum(-1)
         return self.classifier(h0), sampled, mean, log_prob, ((c0, h0), (c1, h1))
 
-    def forward(self, images: Tensor, num_glimpses: int) -> dict[str, Tensor]:
+    def _zero_state(self, images: Tensor, batch: int):
+        zeros = images.new_zeros(batch, self.classification_rnn.hidden_size)
+        return zeros, zeros
+
+    def forward(self, images: Tensor, num_glimpses: int, pretrain_glimpse: int = 0) -> dict[str, Tensor]:
         if num_glimpses < 1:
             raise UserError(f"num_glimpses must be >= 1, got {num_glimpses}")
+        if pretrain_glimpse:
+            return {"logits": self.pretraining_logits(images, pretrain_glimpse, num_glimpses)}
         B = images.shape[0]
-        zeros = images.new_zeros(B, self.classification_rnn.hidden_size)
-        state = ((zeros, zeros), (zeros, zeros))
+        zero = self._zero_state(images, B)
+        every_view, high_only = (True,) * self.resolutions, (True,) + (False,) * (self.resolutions - 1)
         # Step 0 at the centre with every field of view initialises the location LSTM.
-        _, loc, mean, log_prob, (_, loc_state) = self.step(images, images.new_zeros(B, 2), state, False)
-        state = ((zeros, zeros), loc_state)
+        _, loc, mean, log_prob, (_, loc_state) = self.step(images, images.new_zeros(B, 2), (zero, zero),
+                                                           every_view)
+        state = (zero, loc_state)
         logits, locs, means, log_probs = [], [], [], []
         for _ in range(num_glimpses):
             locs.append(loc)
             means.append(mean)
             log_probs.append(log_prob)
-            out, loc, mean, log_prob, state = self.step(images, loc, state, True)
+            out, loc, mean, log_prob, state = self.step(images, loc, state, high_only)
             logits.append(out)
         return {"logits": torch.stack(logits, 1), "locations": torch.stack(locs, 1),
                 "mean_locations": torch.stack(means, 1), "log_prob": torch.stack(log_probs, 1)}
+
+    def pretraining_logits(self, images: Tensor, glimpse: int, num_glimpses: int = 2) -> Tensor:
+        """Logits (B, V * T, K) of the classification pretraining (App. C): T glimpses at uniformly random
+        locations with `glimpse` px fields of view, each seen through every combination of views (the
+        V = 2^R - 1 non-empty subsets of resolutions, the others replaced by their mean), each combination
+        with its own classification LSTM state; their logits are averaged into one cross-entropy."""
+        B = images.shape[0]
+        combos = [c for c in itertools.product((True, False), repeat=self.resolutions) if any(c)]
+        scale = 1 - glimpse / images.shape[-1]
+        state = self._zero_state(images, B * len(combos))
+        logits = []
+        for _ in range(num_glimpses):
+            loc = (torch.rand(B, 2, device=images.device) * 2 - 1) * scale
+            views = self.fields_of_view(images, loc, glimpse)
+            g = torch.cat([self.glimpse_features(views, used) for used in combos])  # (V * B, features)
+            state = self.classification_rnn(g, state)
+            logits.append(self.classifier(state[1]).view(len(combos), B, -1).transpose(0, 1))
+        return torch.cat(logits, 1)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from core.backbones import build_backbone
 from core.errors import UserError
+from core.glimpse import extract_patches
 from papers.saccader.config import SaccaderConfig
 from papers.saccader.dram import DRAM
 
@@ -111,7 +112,9 @@ class Saccader(nn.Module):
         what = self.backbone.num_features  # 512 at width 1
         features = what * 4  # 2048: the last stage's output
         self.attention = AttentionNetwork(features) if attention_network else None
-        where = self.attention.out_channels if attention_network else 0
+        # Without the attention network (official attention_groups = 0) the "where" features are the
+        # 2048-d features themselves.
+        where = self.attention.out_channels if attention_network else features
         self.mix = nn.Conv2d(where + what, what, 1)  # 1x1 conv with bias -> 512 (sec. 3.1)
         nn.init.xavier_uniform_(self.mix.weight)
         nn.init.zeros_(self.mix.bias)
@@ -126,10 +129,8 @@ class Saccader(nn.Module):
         return [p for m in modules for p in m.parameters()]
 
     def mixed_features(self, out: dict[str, Tensor]) -> Tensor:
-        what = out["what"]
-        if self.attention is None:
-            return self.mix(what)
-        return self.mix(torch.cat([self.attention(out["features"]), what], 1))  # concat(where, what)
+        where = out["features"] if self.attention is None else self.attention(out["features"])
+        return self.mix(torch.cat([where, out["what"]], 1))  # concat(where, what)
 
     def forward(self, images: Tensor, num_glimpses: int, num_samples: int = 1,
                 locations: Tensor | Callable[[Tensor], Tensor] | None = None,
@@ -189,18 +190,53 @@ class ResNetClassifier(nn.Module):
         return self.net(images)
 
 
-def build_model(cfg: SaccaderConfig) -> nn.Module:
-    """The model named by cfg.model (Table Supp.1 at width 1)."""
+class PatchClassifier(nn.Module):
+    """Saccader-NASNet (sec. 4.3): a separate, higher-capacity classifier applied to the 77 x 77 patches
+    a Saccader attends to, its logits averaged over the glimpses. Any registered backbone that takes
+    (num_classes, width, in_channels) serves (the paper: NASNet, fine-tuned on Saccader's patches).
+
+    forward(images, boxes (B, T, 4) pixel (y0, x0, y1, x1) of the patches) -> logits (B, T, K)."""
+
+    def __init__(self, backbone: str, num_classes: int, width: float = 1.0, in_channels: int = 3,
+                 patch: int = 77):
+        super().__init__()
+        self.patch = patch
+        self.net = build_backbone(backbone, num_classes=num_classes, width=width, in_channels=in_channels)
+
+    def forward(self, images: Tensor, boxes: Tensor) -> Tensor:
+        patches = extract_patches(images, boxes[..., :2].long(), self.patch)  # (B, T, C, p, p)
+        B, T = patches.shape[:2]
+        return self.net(patches.flatten(0, 1)).view(B, T, -1)
+
+
+def build_model(cfg: SaccaderConfig, attention_network: bool = True) -> nn.Module:
+    """The model named by cfg.model (Table Supp.1 at width 1); attention_network=False builds the
+    ablation of Fig. Supp.3."""
     kw = dict(num_classes=cfg.num_classes, width=cfg.width, in_channels=cfg.channels)
     if cfg.model == "saccader":
-        return Saccader(attention_network=cfg.attention_network, **kw)
+        return Saccader(attention_network=attention_network, **kw)
     if cfg.model == "bagnet":
         return build_backbone("bagnet77_lowd", **kw)
     if cfg.model == "resnet":
-        return ResNetClassifier(**kw)
+        return set_bn_decay(ResNetClassifier(**kw), cfg.resnet_bn_decay)
     if cfg.model == "dram":
-        return DRAM(glimpse=cfg.dram_glimpse, resolutions=cfg.dram_resolutions, std=cfg.dram_std, **kw)
+        return set_bn_decay(DRAM(glimpse=cfg.dram_glimpse, resolutions=cfg.dram_resolutions, std=cfg.dram_std,
+                                 **kw), cfg.resnet_bn_decay)
     raise UserError(f"unknown model {cfg.model!r}")
+
+
+def set_bn_decay(model: nn.Module, decay: float) -> nn.Module:
+    """Set the moving-average decay of every BN layer (TF decay d = torch momentum 1 - d)."""
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.momentum = 1 - decay
+    return model
+
+
+def whole_image_classifier(cfg: SaccaderConfig) -> ResNetClassifier:
+    """The separately trained ResNet-v2-50 of the occlusion analysis (sec. 4.2), at the config's width."""
+    classifier = ResNetClassifier(num_classes=cfg.num_classes, width=cfg.width, in_channels=cfg.channels)
+    return set_bn_decay(classifier, cfg.resnet_bn_decay)
 
 
 def classification_loss(logits: Tensor, targets: Tensor) -> Tensor:

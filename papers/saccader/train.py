@@ -1,19 +1,26 @@
-"""Train Saccader in the paper's three stages (sec. 3.2), or one of its baselines, then compare location
-policies (Fig. 3a).
+"""Train Saccader in the paper's three stages (sec. 3.2) with its ablations, DRAM (App. C) or a CNN
+baseline, then evaluate every location policy (sec. 4).
 
     python papers/saccader/train.py --config NAME [--seed N] [--output-dir DIR] [--set field=value ...]
     accelerate launch [--cpu] --num_processes 2 papers/saccader/train.py --config smoke
 
-Stages (cfg.stages, run in order, each in <output-dir>/<stage>/ with its own checkpoints and log):
-  representation  eq. 4: cross-entropy of the logits averaged over all locations, L2 lambda;
-  location        eq. 5: the location network (attention network, mixing conv, cell) learns to emit
-                  the locations in decreasing order of their maximum logit, T = 12, teacher-forced
-                  state C, no gradient into the (frozen, eval-mode) representation network;
-  policy          eq. 6: REINFORCE on S = 2 sampled trajectories of T = 6 glimpses with the batch-mean
-                  accuracy as baseline, + cross-entropy of the mean glimpse logits, L2 lambda and nu.
-Writes <output-dir>/config.json, metrics.jsonl (all stages, steps numbered across stages) and
-final_metrics.json: test accuracy of every policy at every glimpse count in cfg.eval_glimpses
-(accuracy_<policy>_T<k>) and the image area they cover (coverage_<policy>_T<k>).
+Saccader (cfg.model = "saccader"), each step in its own <output-dir>/<folder>/ (checkpoints, log):
+  classifier/       (cfg.occlusion_classifier) the whole-image ResNet-v2-50 of the occlusion analysis;
+  representation/   eq. 4: cross-entropy of the logits averaged over all locations, L2 lambda; then the
+                    engineered policies (random, ordered logits, Sobel) are evaluated on this BagNet;
+  <variant>/location/  eq. 5: the location network (attention network, mixing conv, cell) learns to emit
+                    the locations in decreasing order of their maximum logit, T = 12, teacher-forced
+                    state C, no gradient into the (frozen, eval-mode) representation network;
+  <variant>/policy/ eq. 6: REINFORCE on S = 2 sampled trajectories of T = 6 glimpses with the batch-mean
+                    accuracy as baseline, + cross-entropy of the mean glimpse logits, L2 lambda and nu.
+  Every variant of cfg.variants starts from the same representation network (the ablations of
+  Fig. Supp.3 skip eq. 5 or the attention network).
+DRAM (cfg.model = "dram"): pretrain_wide/ and pretrain_narrow/ (classification pretraining on 200 then
+77 px fields of view, random policy, App. C), policy/ (hybrid loss: cross-entropy + 0.1 x REINFORCE with
+S = 2 and the accuracy baseline). BagNet / ResNet baselines: representation/ (eq. 7).
+
+Writes <output-dir>/config.json, metrics.jsonl (every stage, steps numbered across stages) and
+final_metrics.json (evaluate.py's metrics, e.g. accuracy_<policy>_T<k>, and test_accuracy).
 """
 
 from __future__ import annotations
@@ -31,29 +38,32 @@ import torch.nn.functional as F
 from accelerate import PartialState
 
 from core.cli import main_guard, parse_args, save_config
-from core.data import DigitCanvas, build_dataset
+from core.data import build_dataset
 from core.data.transforms import Compose, RandomResizedCrop, Resize, ToSigned
 from core.errors import UserError
 from core.estimators import batch_mean_baseline, reinforce_loss
-from core.glimpse import coverage
 from core.results import save_result
 from core.train import LoopConfig, train
 from papers.saccader.config import SaccaderConfig, get_config
-from papers.saccader.model import build_model, classification_loss, location_boxes
-from papers.saccader.policies import select_locations
-
-DRAM_REINFORCE_WEIGHT = 0.1  # App. C "DRAM model"
+from papers.saccader.data import DigitPairs
+from papers.saccader.evaluate import LEARNED_NAME, classifier_eval_fn, make_eval_fn, saccader_glimpses
+from papers.saccader.model import PatchClassifier, build_model, classification_loss, whole_image_classifier
 
 
 def build_datasets(cfg: SaccaderConfig):
-    """(train, eval) datasets of (image in [-1, 1], label). "digits": one real MNIST digit among clutter
-    (core.data.DigitCanvas; training canvases follow the seed, test canvases and digits are fixed and
-    held out). Otherwise a dataset for core.data.build_dataset, with App. C's random crop for training."""
-    if cfg.dataset == "digits":
-        kw = dict(canvas=cfg.image_size, scale_range=cfg.digit_scale, num_clutter=cfg.num_clutter,
-                  clutter_size=cfg.clutter_size, channels=cfg.channels, transform=ToSigned())
-        return (DigitCanvas("train", cfg.train_size, seed=cfg.seed, **kw),
-                DigitCanvas("test", cfg.eval_size, seed=0, **kw))
+    """(train, test) datasets of (image in [-1, 1], label, ...). "digit-pairs": the CPU task (data.py;
+    training canvases follow the seed, test canvases are fixed and use held-out digits). Otherwise a
+    dataset for core.data.build_dataset, with App. C's random crop for training."""
+    if cfg.dataset == "digit-pairs":
+        kw = dict(canvas=cfg.image_size, key_digits=cfg.key_digits, num_distractors=cfg.num_distractors,
+                  num_clutter=cfg.num_clutter, clutter_size=cfg.clutter_size,
+                  min_separation=cfg.min_separation, margin=cfg.margin, channels=cfg.channels,
+                  transform=ToSigned())
+        train_set = DigitPairs("train", cfg.train_size, seed=cfg.seed, **kw)
+        if train_set.num_classes != cfg.num_classes:
+            raise UserError(f"{len(cfg.key_digits)} key digits make {train_set.num_classes} classes, "
+                            f"but num_classes = {cfg.num_classes}")
+        return train_set, DigitPairs("test", cfg.eval_size, seed=0, **kw)
     size = (cfg.image_size, cfg.image_size)
     kw = dict(channels=cfg.channels, num_classes=cfg.num_classes)
     train_tf, eval_tf = Compose([RandomResizedCrop(size), ToSigned()]), Compose([Resize(size), ToSigned()])
@@ -70,90 +80,94 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-def make_step_fn(cfg: SaccaderConfig, stage: str):
-    """step_fn(model, batch, step) -> (loss, stats) of one stage; L2 terms live in the optimiser."""
+def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
+    """step_fn(model, batch, step) -> (loss, stats) of one stage; L2 terms live in the optimiser.
+    `saccader`: the trained Saccader whose glimpses the patch classifier learns from."""
 
-    def representation(model, batch, step):
-        images, targets = batch
+    def representation(model, batch, step):  # eq. 4 (Saccader), eq. 7 (CNN baselines)
+        images, targets = batch[0], batch[1]
         logits = model(images, 0)["logits"][:, 0] if cfg.model == "saccader" else model(images)
-        loss = F.cross_entropy(logits, targets)  # eq. 4 (the geometric mean = softmax of the mean logits)
+        loss = F.cross_entropy(logits, targets)  # the geometric mean over locations = softmax of mean logits
         return loss, {"train_accuracy": (logits.argmax(1) == targets).float().mean().item()}
 
-    def location(model, batch, step):
+    def location(model, batch, step):  # eq. 5
         _unwrap(model).backbone.eval()  # "fixed from BagNet-77-lowD" (Table Supp.5 *): BN statistics too
-        images, _ = batch
         T = cfg.pretrain_glimpses
-        out = model(images, T, locations=max_logit_order(T), detach_representation=True)
-        loss = -out["log_prob"].sum(1).mean()  # eq. 5
+        out = model(batch[0], T, locations=max_logit_order(T), detach_representation=True)
+        loss = -out["log_prob"].sum(1).mean()
         hits = (out["location_logits"].argmax(-1) == out["locations"]).float().mean()
         return loss, {"target_hit_rate": hits.item()}
 
-    def policy(model, batch, step):
-        images, targets = batch
+    def policy(model, batch, step):  # eq. 6
+        images, targets = batch[0], batch[1]
         S, T, B = cfg.mc_samples, cfg.train_glimpses, images.shape[0]
-        if cfg.model == "dram":
-            out = model(images.repeat(S, 1, 1, 1), T)
-        else:
-            out = model(images, T, num_samples=S)
+        out = model(images, T, num_samples=S)
         targets = targets.repeat(S)
         reward = (out["logits"].mean(1).argmax(1) == targets).float().view(S, B)
-        log_prob = out["log_prob"].sum(1).view(S, B)
         # eq. 6 sums over the S samples (reinforce_loss averages): scale by S.
-        pg = S * reinforce_loss(log_prob, reward, batch_mean_baseline(reward))
-        if cfg.model == "dram":
-            pg = DRAM_REINFORCE_WEIGHT * pg
+        pg = S * reinforce_loss(out["log_prob"].sum(1).view(S, B), reward, batch_mean_baseline(reward))
         ce = classification_loss(out["logits"], targets)
         return pg + ce, {"reward": reward.mean().item(), "cross_entropy": ce.item()}
 
-    return {"representation": representation, "location": location, "policy": policy}[stage]
+    def dram_pretrain(glimpse):  # App. C: random policy, every combination of views, one cross-entropy
+        def step_fn(model, batch, step):
+            images, targets = batch[0], batch[1]
+            logits = model(images, cfg.dram_pretrain_glimpses, pretrain_glimpse=glimpse)["logits"].mean(1)
+            return F.cross_entropy(logits, targets), {
+                "train_accuracy": (logits.argmax(1) == targets).float().mean().item()}
+        return step_fn
 
+    def dram_policy(model, batch, step):
+        # Ba et al.'s hybrid loss as the official losses.reinforce_loss_continuous: the reward of the
+        # location used at step t is whether the prediction after it is right, the baseline the mean
+        # reward over the batch, S samples and steps; cross-entropy at every step.
+        images, targets = batch[0], batch[1]
+        S, T = cfg.mc_samples, cfg.train_glimpses
+        out = model(images.repeat(S, 1, 1, 1), T)
+        targets = targets.repeat(S)
+        reward = (out["logits"].argmax(-1) == targets[:, None]).float()  # (S*B, T)
+        pg = reinforce_loss(out["log_prob"], reward, batch_mean_baseline(reward))
+        ce = F.cross_entropy(out["logits"].flatten(0, 1), targets.repeat_interleave(T))
+        return ce + cfg.dram_reinforce_weight * pg, {"reward": reward[:, -1].mean().item(),
+                                                     "cross_entropy": ce.item()}
 
-def make_eval_fn(cfg: SaccaderConfig, final: bool):
-    """eval_fn(model, batch) -> per-example metrics. During training: accuracy of the model's own
-    prediction; `final`: every policy of cfg.eval_policies at every count of cfg.eval_glimpses."""
-    counts = sorted(set(cfg.eval_glimpses))
+    def patch_classifier(model, batch, step):  # sec. 4.3: cross-entropy of the mean patch logits
+        images, targets = batch[0], batch[1]
+        boxes, _ = saccader_glimpses(saccader, "learned", images, cfg.train_glimpses)
+        logits = model(images, boxes).mean(1)
+        return F.cross_entropy(logits, targets), {
+            "train_accuracy": (logits.argmax(1) == targets).float().mean().item()}
 
-    def baseline_eval(model, batch):
-        images, targets = batch
-        if cfg.model == "dram":
-            logits = model(images, cfg.train_glimpses)["logits"].mean(1)
-        else:
-            logits = model(images)
-        return {"accuracy": (logits.argmax(1) == targets).float()}
-
-    def saccader_eval(model, batch):
-        images, targets = batch
-        logits_map = model(images, 0)["logits_map"]
-        hw = images.shape[-2:]
-        out = {"accuracy_all_locations": (logits_map.mean((2, 3)).argmax(1) == targets).float()}
-        learned_T = counts if final else [cfg.train_glimpses]
-        for policy in cfg.eval_policies if final else ["learned"]:
-            # Every policy's first k picks are its picks for k glimpses (greedy / sorted / a permutation).
-            locations, logits = select_locations(policy, model, images, max(learned_T), logits_map=logits_map)
-            for k in learned_T:
-                out[f"accuracy_{policy}_T{k}"] = (logits[:, :k].mean(1).argmax(1) == targets).float()
-                if final:
-                    boxes = location_boxes(locations[:, :k], logits_map.shape[-1], model.stride,
-                                           model.receptive_field)
-                    out[f"coverage_{policy}_T{k}"] = coverage(boxes, hw).float()
-        return out
-
-    return saccader_eval if cfg.model == "saccader" else baseline_eval
+    if stage == "patch_classifier":
+        return patch_classifier
+    if cfg.model == "dram":
+        return {"pretrain_wide": dram_pretrain(cfg.dram_pretrain_glimpse),
+                "pretrain_narrow": dram_pretrain(cfg.dram_glimpse), "policy": dram_policy}[stage]
+    return {"representation": representation, "location": location, "policy": policy,
+            "classifier": representation}[stage]
 
 
 def make_optimizer(cfg: SaccaderConfig, model, stage: str) -> torch.optim.Optimizer:
     """SGD with Nesterov momentum (App. C). L2 (lambda/2 sum w^2, gradient lambda w) on kernels:
-    eq. 4 lambda on the representation; eq. 5 nu = 0 and only the location weights; eq. 6 both."""
-    if cfg.model != "saccader":
-        groups = [(list(model.parameters()), cfg.l2)]
-    elif stage == "representation":
+    eq. 4 lambda on the representation; eq. 5 nu = 0 and only the location weights; eq. 6 both; DRAM
+    lambda on the classification weights and nu on the location weights."""
+    if cfg.model == "saccader" and stage == "representation":
         groups = [(model.representation_parameters(), cfg.l2)]
-    elif stage == "location":
+    elif cfg.model == "saccader" and stage == "location":
         groups = [(model.location_parameters(), 0.0)]
-    else:
+    elif stage == "patch_classifier":
+        groups = [(list(model.parameters()), cfg.l2)]
+    elif cfg.model == "saccader" and stage == "policy":
         groups = [(model.representation_parameters(), cfg.l2), (model.location_parameters(), cfg.l2_location)]
-    lr = {"representation": cfg.lr_representation, "location": cfg.lr_location,
-          "policy": cfg.lr_policy}[stage]
+    elif cfg.model == "dram" and stage != "policy":  # classification pretraining
+        groups = [(model.classification_parameters(), cfg.l2)]
+    elif cfg.model == "dram":
+        groups = [(model.classification_parameters(), cfg.l2), (model.location_parameters(), cfg.l2_location)]
+    else:
+        groups = [(list(model.parameters()), cfg.l2)]
+    lr = {"representation": cfg.lr_representation, "location": cfg.lr_location, "policy": cfg.lr_policy,
+          "classifier": cfg.lr_classifier, "pretrain_wide": cfg.lr_dram_wide,
+          "pretrain_narrow": cfg.lr_dram_narrow, "patch_classifier": cfg.lr_patch_classifier}[stage]
     param_groups = []
     for params, decay in groups:
         param_groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": decay},
@@ -170,45 +184,141 @@ def cosine_with_warmup(max_steps: int, warmup_steps: int):
     return factor
 
 
+class Pipeline:
+    """Runs the stages one after the other through core.train.train (each resumable in its own folder)
+    and joins their logs into one metrics.jsonl with steps numbered across stages."""
+
+    def __init__(self, cfg: SaccaderConfig, output_dir: str):
+        self.cfg, self.out, self.state = cfg, Path(output_dir), PartialState()
+        self.train_set, self.eval_set = build_datasets(cfg)
+        self.log: list[dict] = []
+        self.metrics: dict[str, float] = {}
+        self.fits = 0
+
+    def steps(self, stage: str) -> int:
+        cfg = self.cfg
+        steps = {"representation": cfg.steps_representation, "location": cfg.steps_location,
+                 "policy": cfg.steps_policy, "classifier": cfg.steps_classifier,
+                 "pretrain_wide": cfg.steps_dram_pretrain, "pretrain_narrow": cfg.steps_dram_pretrain,
+                 "patch_classifier": cfg.steps_patch_classifier}[stage]
+        return steps or math.ceil(cfg.epochs * len(self.train_set) / cfg.batch_size)
+
+    def fit(self, model, stage: str, folder: str, eval_fn, opt_cfg: SaccaderConfig | None = None,
+            saccader=None):
+        cfg = self.cfg
+        max_steps = self.steps(stage)
+        optimizer = make_optimizer(opt_cfg or cfg, model, stage)
+        warmup = math.ceil(max_steps * cfg.warmup_epochs / cfg.epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(max_steps, warmup))
+        loop = LoopConfig(max_steps=max_steps, batch_size=cfg.batch_size // self.state.num_processes,
+                          seed=cfg.seed + self.fits, checkpoint_every=cfg.checkpoint_every,
+                          eval_every=cfg.eval_every, log_every=cfg.log_every,
+                          output_dir=str(self.out / folder),
+                          num_workers=cfg.num_workers)
+        step_fn = make_step_fn(opt_cfg or cfg, stage, saccader)
+        # Only the optimised weights require gradients: DDP (accelerate launch) rejects parameters that
+        # get none, e.g. the location network in eq. 4 or the representation network in eq. 5.
+        trained = {id(p) for group in optimizer.param_groups for p in group["params"]}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trained)
+        metrics = train(loop, model, optimizer, self.train_set, step_fn, self.eval_set, eval_fn,
+                        scheduler=scheduler)
+        model.requires_grad_(True)
+        self.fits += 1
+        if self.state.is_main_process:
+            offset = self.log[-1]["step"] if self.log else 0
+            for line in (self.out / folder / "metrics.jsonl").read_text().splitlines():
+                record = json.loads(line)
+                self.log.append({**record, "step": record["step"] + offset, "stage": folder})
+        self.metrics.update(metrics)
+        return metrics
+
+    def finish(self) -> dict[str, float]:
+        if self.state.is_main_process:
+            (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.log))
+            save_result(self.out / "final_metrics.json", self.metrics)
+        return self.metrics
+
+
 def run(cfg: SaccaderConfig, output_dir: str) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     state = PartialState()
     if cfg.batch_size % state.num_processes:
         raise UserError(f"batch_size {cfg.batch_size} is not divisible by {state.num_processes} processes")
-    if cfg.model != "saccader" and "location" in cfg.stages:
-        raise UserError(f"the location stage (eq. 5) needs model=saccader, got {cfg.model}")
-    stages = [s for s in cfg.stages if s != "location" or cfg.location_pretraining]
-    train_set, eval_set = build_datasets(cfg)
-    max_steps = cfg.steps_per_stage or math.ceil(cfg.epochs * len(train_set) / cfg.batch_size)
-    warmup = math.ceil(max_steps * cfg.warmup_epochs / cfg.epochs)
-    model = build_model(cfg)
+    pipe = Pipeline(cfg, output_dir)
     if state.is_main_process:
         save_config(cfg, output_dir)
-    out, log = Path(output_dir), []
-    metrics: dict[str, float] = {}
-    for i, stage in enumerate(stages):
-        optimizer = make_optimizer(cfg, model, stage)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(max_steps, warmup))
-        loop = LoopConfig(max_steps=max_steps, batch_size=cfg.batch_size // state.num_processes,
-                          seed=cfg.seed + i, checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
-                          log_every=cfg.log_every, output_dir=str(out / stage), num_workers=cfg.num_workers)
-        final = i == len(stages) - 1
-        metrics = train(loop, model, optimizer, train_set, make_step_fn(cfg, stage), eval_set,
-                        make_eval_fn(cfg, final), scheduler=scheduler)
-        if state.is_main_process:
-            for line in (out / stage / "metrics.jsonl").read_text().splitlines():
-                record = json.loads(line)
-                log.append({**record, "step": record["step"] + i * max_steps, "stage": stage})
-    if not state.is_main_process:
-        return metrics
-    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in log))
-    if cfg.model == "saccader":
-        metrics["test_accuracy"] = metrics[f"accuracy_learned_T{cfg.train_glimpses}"] \
-            if f"accuracy_learned_T{cfg.train_glimpses}" in metrics else metrics["accuracy_all_locations"]
-    else:
-        metrics["test_accuracy"] = metrics["accuracy"]
-    save_result(out / "final_metrics.json", metrics)
-    return metrics
+    train_glimpses = f"T{cfg.train_glimpses}"
+
+    if cfg.model in ("bagnet", "resnet"):
+        pipe.fit(build_model(cfg), "representation", "representation", classifier_eval_fn)
+        pipe.metrics["test_accuracy"] = pipe.metrics["accuracy"]
+        return pipe.finish()
+
+    classifier = None
+    if cfg.occlusion_classifier:  # sec. 4.2: a separately trained whole-image classifier
+        classifier = whole_image_classifier(cfg)
+        classifier_cfg = SaccaderConfig(**{**vars(cfg), "model": "resnet", "stages": ("representation",)})
+        pipe.fit(classifier, "classifier", "classifier", classifier_eval_fn, classifier_cfg)
+        pipe.metrics["accuracy_whole_image"] = pipe.metrics.pop("accuracy")
+        classifier.eval()
+
+    if cfg.model == "dram":
+        model = build_model(cfg)
+        for stage in cfg.stages:
+            last = stage == cfg.stages[-1]
+            eval_fn = make_eval_fn(cfg, [], classifier) if last else _dram_pretrain_eval(cfg, stage)
+            pipe.fit(model, stage, stage, eval_fn)
+        if f"accuracy_learned_{train_glimpses}" in pipe.metrics:
+            pipe.metrics["test_accuracy"] = pipe.metrics[f"accuracy_learned_{train_glimpses}"]
+        return pipe.finish()
+
+    representation = build_model(cfg)
+    if "representation" in cfg.stages:
+        pipe.fit(representation, "representation", "representation",
+                 make_eval_fn(cfg, list(cfg.eval_policies), classifier, whole_image=True))
+    weights = representation.backbone.state_dict()
+    trained = {}
+    for variant in cfg.variants:
+        name = LEARNED_NAME[variant]
+        model = build_model(cfg, attention_network=variant != "no_attention_network")
+        model.backbone.load_state_dict(weights)
+        if "location" in cfg.stages and variant != "no_location_pretraining":
+            pipe.fit(model, "location", f"{variant}/location",
+                     make_eval_fn(cfg, [f"{name}_pretrained=learned"]))
+        if "policy" in cfg.stages:
+            pipe.fit(model, "policy", f"{variant}/policy", make_eval_fn(cfg, [f"{name}=learned"], classifier))
+        trained[variant] = model.eval()
+    if cfg.patch_classifier and "saccader" in trained:  # sec. 4.3, on the full Saccader's glimpses
+        patch_classifier = PatchClassifier(cfg.patch_classifier, cfg.num_classes, cfg.width, cfg.channels)
+        pipe.fit(patch_classifier, "patch_classifier", "patch_classifier",
+                 patch_eval_fn(cfg, trained["saccader"]), saccader=trained["saccader"])
+    if f"accuracy_learned_{train_glimpses}" in pipe.metrics:
+        pipe.metrics["test_accuracy"] = pipe.metrics[f"accuracy_learned_{train_glimpses}"]
+    return pipe.finish()
+
+
+def patch_eval_fn(cfg: SaccaderConfig, saccader):
+    """Accuracy of the patch classifier on the trained Saccader's first k glimpses (sec. 4.3, Fig. 6)."""
+    counts = sorted(set(cfg.eval_glimpses))
+
+    def eval_fn(model, batch):
+        images, targets = batch[0], batch[1]
+        boxes, _ = saccader_glimpses(saccader, "learned", images, max(counts))
+        logits = model(images, boxes)
+        return {f"accuracy_patch_classifier_T{k}": (logits[:, :k].mean(1).argmax(1) == targets).float()
+                for k in counts}
+    return eval_fn
+
+
+def _dram_pretrain_eval(cfg: SaccaderConfig, stage: str):
+    """Test accuracy of a DRAM pretraining stage's objective (random policy, every combination of views)."""
+    glimpse = cfg.dram_pretrain_glimpse if stage == "pretrain_wide" else cfg.dram_glimpse
+
+    def eval_fn(model, batch):
+        logits = model(batch[0], cfg.dram_pretrain_glimpses, pretrain_glimpse=glimpse)["logits"].mean(1)
+        return {f"{stage}_accuracy": (logits.argmax(1) == batch[1]).float()}
+    return eval_fn
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
