@@ -104,7 +104,8 @@ def claim_runs(claim: dict) -> set[str]:
 
 
 def run_one(spec: Spec, run: Run, seed: int, out_dir: Path, threads: int) -> dict:
-    """Run one (run, seed) subprocess; returns {"ok", "wall_s", "metrics", "error", "log"}."""
+    """Run one (run, seed) subprocess; returns {"ok", "wall_s", "cpu_s", "metrics", "error", "log"}.
+    cpu_s (user + system seconds of the process) says what wall_s would be on an idle core."""
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "final_metrics.json"
     final.unlink(missing_ok=True)  # a stale file from an earlier run must never count as this run's result
@@ -120,9 +121,11 @@ def run_one(spec: Spec, run: Run, seed: int, out_dir: Path, threads: int) -> dic
     with log.open("w") as f:
         f.write(" ".join(cmd) + "\n")
         f.flush()
-        code = subprocess.run(cmd, cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT).returncode
-    result = {"ok": False, "wall_s": time.perf_counter() - start, "metrics": None, "log": log,
-              "error": None}
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = code = os.waitstatus_to_exitcode(status)
+    result = {"ok": False, "wall_s": time.perf_counter() - start, "cpu_s": usage.ru_utime + usage.ru_stime,
+              "metrics": None, "log": log, "error": None}
     if code != 0:
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
         result["error"] = f"exit {code}: {lines[-1] if len(lines) > 1 else 'no output'}"
@@ -176,7 +179,8 @@ def run_all(spec: Spec, workdir: Path, jobs: int, threads: int) -> tuple[dict, d
             (name, seed) = key = futures[future]
             r = results[key] = future.result()
             status = "ok" if r["ok"] else f"FAILED ({r['error']}; log: {r['log']})"
-            print(f"[{done}/{len(futures)}] {name} seed {seed}: {status} in {r['wall_s']:.1f}s", flush=True)
+            print(f"[{done}/{len(futures)}] {name} seed {seed}: {status} in {r['wall_s']:.1f}s "
+                  f"({r['cpu_s']:.1f} CPU-s)", flush=True)
     return results, outputs
 
 
@@ -265,8 +269,10 @@ def main(argv: list[str] | None = None) -> int:
             configs[run.name] = {"config": run.config, "set": run.set,
                                  "resolved": json.loads(resolved.read_text()) if resolved.exists() else None}
         run_walls = {f"{run}/seed{seed}": round(r["wall_s"], 2) for (run, seed), r in results.items()}
+        run_cpus = {f"{run}/seed{seed}": round(r["cpu_s"], 2) for (run, seed), r in results.items()}
         prov = provenance(configs=configs, seeds=spec.seeds, wall_time_s=wall, jobs=jobs,
-                          threads_per_job=threads, run_wall_time_s=run_walls)
+                          threads_per_job=threads, run_wall_time_s=run_walls, run_cpu_time_s=run_cpus,
+                          cpu_time_s=round(sum(run_cpus.values()), 1))
         path = _store(spec, args.results_dir, measured, claims, outputs, prov)
         print(f"\nstored {path} ({len(measured)} metrics, {len(claims)} claims; {wall:.0f}s)")
         return 0
