@@ -1,5 +1,6 @@
 """Sessions: `nox -s tests`, `nox -s lint`, `nox -s reproduce-<paper> [-- --scale smoke|cpu|paper --update]`,
-`nox -s compare`. Each session installs the project (`pip install -e .[dev]`) into its own virtualenv."""
+`nox -s compare`, `nox -s bench`. Each session installs the project (`pip install -e .[dev]`) into its own
+virtualenv."""
 
 import nox
 
@@ -7,7 +8,7 @@ nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "virtualenv"  # not uv: uv ignores the local torch wheel
 
-PAPERS = ("tnet", "saccader", "wsram", "boed")
+PAPERS = ("tnet", "saccader", "wsram", "boed", "wsram-captions")  # reproductions/<name>.toml
 
 
 def _install(session: nox.Session) -> None:
@@ -25,7 +26,7 @@ def tests(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     _install(session)
-    session.run("ruff", "check", "core", "papers", "tests", "noxfile.py")
+    session.run("ruff", "check", "core", "papers", "reproductions", "tests", "noxfile.py")
 
 
 def _reproduce(paper: str):
@@ -48,3 +49,10 @@ def compare(session: nox.Session) -> None:
     """Render paper-vs-ours and cross-paper tables and figures from results/ alone (no training)."""
     _install(session)
     session.run("python", "-m", "core.compare", *session.posargs)
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Performance targets as side-by-side ratios (issue #8); writes results/bench/<device>.json."""
+    _install(session)
+    session.run("python", "reproductions/bench.py", *session.posargs)

@@ -154,9 +154,28 @@ def parse_args(get_config: Callable[[str], object], argv: list[str] | None = Non
         if "output_dir" in names:
             out = Path(args.output_dir) if isinstance(cfg.output_dir, Path) else args.output_dir
             cfg = dataclasses.replace(cfg, output_dir=out)
+        check_resumable(cfg, args.output_dir)
     except ValueError as e:  # UserError, or a config's own __post_init__ validation
         fail(str(e))
     return cfg, args
+
+
+def check_resumable(cfg, output_dir: str | Path) -> None:
+    """An output directory is resumed, so it must hold a run of this very config (or none): resuming
+    another config's checkpoint would mix two runs into one result. Only the location may differ."""
+    path = Path(output_dir) / "config.json"
+    if not path.exists():
+        return
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({e}); use another --output-dir") from None
+    current = config_to_dict(cfg)
+    differ = sorted(k for k in stored.keys() | current.keys()
+                    if k != "output_dir" and stored.get(k) != current.get(k))  # a moved run is the same run
+    if differ:
+        raise UserError(f"{output_dir} holds a run of another config (differs in {', '.join(differ)}); "
+                        "resume with the same config or use another --output-dir")
 
 
 def config_to_dict(cfg) -> dict:

@@ -9,6 +9,7 @@ Reproducibility rules this loop guarantees (and the tests check):
 
 import json
 import os
+import pickle
 import re
 import shutil
 from collections import defaultdict
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import broadcast, send_to_device, set_seed
+from accelerate.utils import RNG_STATE_NAME, broadcast, load, send_to_device, set_seed
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
@@ -205,7 +206,16 @@ def train(loop: LoopConfig, model: torch.nn.Module, optimizer: torch.optim.Optim
     accelerator.wait_for_everyone()
     start = max(checkpoint_steps(ckpt_root), default=0)
     if start:
-        accelerator.load_state(str(ckpt_root / f"step_{start}"))
+        ckpt = ckpt_root / f"step_{start}"
+        try:
+            # accelerate skips random states it cannot read, and a resume without them is not bit-identical:
+            # read them first (weights_only, as load_state does) so that a missing or damaged file stops here.
+            load(ckpt / f"{RNG_STATE_NAME}_{accelerator.process_index}.pkl")
+            accelerator.load_state(str(ckpt))
+        # Shapes or names this model lacks, a missing file, or a pickle that weights_only loading refuses.
+        except (RuntimeError, KeyError, ValueError, OSError, pickle.UnpicklingError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise UserError(f"cannot resume from {ckpt} (another config's, or damaged): {reason}") from e
     accelerator.wait_for_everyone()
 
     sampler = StepSampler(len(train_dataset), loop.batch_size, accelerator.num_processes,

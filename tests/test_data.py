@@ -175,8 +175,8 @@ def test_idx_folder_plain_and_gz(tmp_path):
             image, label = ds[i]
             assert image.shape == (1, 5, 4) and label == ys[i]
             assert torch.allclose(image[0], torch.from_numpy(xs[i]).float() / 255)
-    image, _ = build_dataset(str(tmp_path), "train", channels=3)[0]
-    assert image.shape == (3, 5, 4) and torch.equal(image[0], image[2])
+    with pytest.raises(UserError, match="grayscale images, but 3 channels"):  # grey/RGB mismatch
+        build_dataset(str(tmp_path), "train", channels=3)
     with pytest.raises(UserError, match="outside"):
         build_dataset(str(tmp_path), "train", num_classes=int(train_y.max()))
 

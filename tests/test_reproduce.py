@@ -114,7 +114,7 @@ def test_update_then_rerun_passes_and_perturbed_store_fails(tmp_path, capsys):
     assert prov["seeds"] == [0, 1] and prov["configs"]["low"] == {"config": "smoke", "set": ["acc=0.5"],
                                                                     "resolved": None}
     assert prov["packages"]["python"] and "low/seed1" in prov["run_wall_time_s"]
-    assert prov["run_cpu_time_s"]["low/seed1"] > 0 and prov["cpu_time_s"] >= prov["run_cpu_time_s"]["low/seed1"]
+    assert 0 < prov["run_cpu_time_s"]["low/seed1"] <= prov["cpu_time_s"]
     logs = tmp_path / "results" / "fake" / "smoke-logs"
     assert json.loads((logs / "low" / "seed1.jsonl").read_text()) == {"step": 1, "loss": 2.0}
     assert sorted(p.name for p in (logs / "high").iterdir()) == ["seed0.jsonl", "seed1.jsonl"]

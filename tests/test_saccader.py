@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from core.errors import UserError
 from core.metrics import count_parameters
 from papers.saccader import figures
 from papers.saccader.config import get_config
@@ -237,6 +238,22 @@ def test_figures_from_a_stored_result(tmp_path):
     assert [p.name for p in made] == ["figure3.png", "figure5.png", "figure_supp3.png"]
     assert all(p.stat().st_size > 0 for p in made)
     assert figures.curve(metrics, "saccader", "accuracy", "learned")[0] == [1, 2, 4]
+    # with the runner's logs (<run>/seed<S>.jsonl): the training curves of every stage too
+    logged = (("saccader", "representation", "train_accuracy"), ("saccader", "saccader/policy", "reward"),
+              ("dram", "policy", "reward"))
+    for run, stage, key in logged:
+        for seed in (0, 1):
+            log = tmp_path / "saccader" / "cpu-logs" / run / f"seed{seed}.jsonl"
+            log.parent.mkdir(parents=True, exist_ok=True)
+            with log.open("a") as f:
+                for step in (10, 20):
+                    f.write(json.dumps({"step": step, "stage": stage, key: 0.1 * seed + step / 100}) + "\n")
+    made = figures.make_figures(str(tmp_path), "cpu", str(tmp_path / "figs"))
+    assert made[-1].name == "training.png" and made[-1].stat().st_size > 0
+    curves = figures.load_logs(tmp_path / "saccader" / "cpu-logs")
+    assert [r["step"] for r in curves["saccader", "saccader/policy"][1]] == [1, 11]  # counted per stage
+    with pytest.raises(UserError):
+        figures.make_figures(str(tmp_path), "cpu", str(tmp_path / "figs"), logs=str(tmp_path / "none"))
 
 
 @pytest.mark.smoke

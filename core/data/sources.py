@@ -55,6 +55,8 @@ def array_to_tensor(array: Any, channels: int, name: str) -> torch.Tensor:
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
         raise UserError(f"image {name} has shape {array.shape}; expected (H, W) or (H, W, 1|3|4)")
     x = torch.from_numpy(array.astype(np.float32)).permute(2, 0, 1)[:3]
+    if not torch.isfinite(x).all():
+        raise UserError(f"image {name} has non-finite pixel values")
     if array.dtype == np.uint8:
         x = x / 255
     if x.shape[0] == channels:
@@ -163,6 +165,9 @@ class IDXDataset(Dataset):
     def __init__(self, folder: str | Path, split: str, channels: int = 1, transform: Transform | None = None,
                  image_size: int | None = None, num_classes: int | None = None):
         _check_channels(channels)
+        if channels != 1:  # the format is grayscale only: colour requested means the wrong dataset or config
+            raise UserError(f"{folder} is an IDX folder of grayscale images, but {channels} channels were "
+                            "asked for; set channels=1")
         self.images, self.labels = load_idx_folder(folder, split)
         if len(self.images) == 0:
             raise UserError(f"{folder} has no {split} examples")
@@ -173,5 +178,5 @@ class IDXDataset(Dataset):
         return len(self.labels)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = (self.images[i].float() / 255)[None].repeat(self.channels, 1, 1)
+        image = (self.images[i].float() / 255)[None]
         return _finish(image, self.image_size, self.transform), int(self.labels[i])

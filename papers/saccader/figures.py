@@ -1,7 +1,7 @@
 """Figures from stored results only (no training):
 
     python papers/saccader/figures.py [--results-dir results] [--scale cpu] [--out results/saccader/figures]
-                                      [--run-dir DIR]
+                                      [--logs results/saccader/cpu-logs] [--run-dir DIR]
 
 From results/saccader/<scale>.json (seed means, +-SD error bars as in the paper):
   figure3.png   (a) accuracy vs number of glimpses of the learned policy, the engineered policies on
@@ -10,6 +10,11 @@ From results/saccader/<scale>.json (seed means, +-SD error bars as in the paper)
   figure5.png   (a) accuracy vs area covered; (b) whole-image classifier accuracy with each policy's
                 glimpses occluded (paper Fig. 5).
   figure_supp3.png  Saccader with and without location pretraining, and after pretraining only (Fig. Supp.3).
+From the training logs <logs>/<run>/seed<S>.jsonl (copied there by `core.reproduce --update`; default
+<results-dir>/saccader/<scale>-logs, skipped when absent):
+  training.png  every stage's training signal vs updates, mean over seeds: BagNet-lowD's and the
+                whole-image classifier's training accuracy (eq. 4), the location network's hit rate of
+                eq. 5's targets, and the reward of eq. 6 / DRAM's hybrid loss.
 With --run-dir (a train.py directory on which evaluate.py was run): figure4.png, the glimpses of every
 policy on test canvases (paper Fig. 4).
 """
@@ -133,6 +138,51 @@ def figure_supp3(result: dict, out: Path) -> Path:
     return out / "figure_supp3.png"
 
 
+# (stage in train.py's metrics.jsonl, logged statistic) -> panel; the stage prefix names the variant.
+TRAINING_PANELS = {"accuracy": ("train_accuracy", "training accuracy (eq. 4 / classifiers)"),
+                   "hits": ("target_hit_rate", "eq. 5: targets ranked first"),
+                   "reward": ("reward", "reward (eq. 6 / DRAM hybrid loss)")}
+
+
+def load_logs(logs: Path) -> dict[tuple[str, str], list[list[dict]]]:
+    """{(run, stage): per-seed lists of log records, step counted from the stage's start}."""
+    out: dict[tuple[str, str], list[list[dict]]] = {}
+    for path in sorted(logs.glob("*/seed*.jsonl")):
+        stages: dict[str, list[dict]] = {}
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                stages.setdefault(record.get("stage", ""), []).append(record)
+        for stage, records in stages.items():
+            first = records[0]["step"] - 1
+            out.setdefault((path.parent.name, stage), []).append(
+                [{**r, "step": r["step"] - first} for r in records])
+    return out
+
+
+def figure_training(logs: Path, out: Path) -> Path:
+    runs = load_logs(logs)
+    if not runs:
+        raise UserError(f"no training logs <run>/seed<S>.jsonl under {logs}")
+    fig, axes = plt.subplots(1, len(TRAINING_PANELS), figsize=(15, 3.8))
+    for ax, (key, title) in zip(axes, TRAINING_PANELS.values(), strict=True):
+        for (run, stage), seeds in runs.items():
+            seeds = [[r for r in records if key in r] for records in seeds]
+            n = min(len(records) for records in seeds)
+            if n:
+                steps = [r["step"] for r in seeds[0][:n]]
+                mean = [sum(records[i][key] for records in seeds) / len(seeds) for i in range(n)]
+                ax.plot(steps, mean, label=f"{run}: {stage}")
+        ax.set(xlabel="updates within the stage", title=title)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=6)
+    fig.suptitle(f"training curves, mean over seeds ({logs})", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out / "training.png", dpi=120)
+    plt.close(fig)
+    return out / "training.png"
+
+
 def figure4(run_dir: Path, out: Path, num_glimpses: int | None = None) -> Path:
     """Glimpse overlays (paper Fig. 4) from evaluate.py's DIR/glimpses.pt: one row per policy."""
     path = run_dir / "glimpses.pt"
@@ -163,7 +213,8 @@ def figure4(run_dir: Path, out: Path, num_glimpses: int | None = None) -> Path:
     return out / "figure4.png"
 
 
-def make_figures(results_dir: str, scale: str, out_dir: str | None, run_dir: str | None = None) -> list[Path]:
+def make_figures(results_dir: str, scale: str, out_dir: str | None, run_dir: str | None = None,
+                 logs: str | None = None) -> list[Path]:
     path = Path(results_dir) / "saccader" / f"{scale}.json"
     if not path.is_file():
         raise UserError(f"{path} not found: run `python -m core.reproduce reproductions/saccader.toml "
@@ -172,6 +223,9 @@ def make_figures(results_dir: str, scale: str, out_dir: str | None, run_dir: str
     out = Path(out_dir or Path(results_dir) / "saccader" / "figures")
     out.mkdir(parents=True, exist_ok=True)
     made = [figure3(result, out), figure5(result, out), figure_supp3(result, out)]
+    logs_dir = Path(logs) if logs else Path(results_dir) / "saccader" / f"{scale}-logs"
+    if logs or logs_dir.is_dir():  # an explicitly named folder must exist
+        made.append(figure_training(logs_dir, out))
     if run_dir:
         made.append(figure4(Path(run_dir), out, _trained_glimpses(result)))
     return made
@@ -182,9 +236,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
     parser.add_argument("--results-dir", default=str(REPO / "results"))
     parser.add_argument("--scale", default="cpu")
     parser.add_argument("--out", default=None, help="default: <results-dir>/saccader/figures")
+    parser.add_argument("--logs", default=None, help="default: <results-dir>/saccader/<scale>-logs")
     parser.add_argument("--run-dir", default=None, help="a train.py directory evaluated by evaluate.py")
     args = parser.parse_args(argv)
-    made = main_guard(make_figures, args.results_dir, args.scale, args.out, args.run_dir)
+    made = main_guard(make_figures, args.results_dir, args.scale, args.out, args.run_dir, args.logs)
     for path in made:
         print(path)
     return made

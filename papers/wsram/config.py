@@ -114,6 +114,9 @@ class WSRAMConfig:
         if self.num_glimpses < 2:
             raise UserError(f"num_glimpses must be >= 2 (the first glimpse is chosen from the low-resolution "
                             f"image alone), got {self.num_glimpses}")
+        if not 0 < self.glimpse_size <= self.canvas or not 0 < self.lowres_size <= self.canvas:
+            raise UserError(f"glimpse_size {self.glimpse_size} and lowres_size {self.lowres_size} must "
+                            f"lie in [1, canvas = {self.canvas}]")
         if self.grad_probes < 2:
             raise UserError(f"grad_probes must be >= 2 to measure a variance, got {self.grad_probes}")
 

@@ -1,0 +1,1 @@
+"""WS-RAM §5.2: caption generation with multi-scale stochastic attention."""

@@ -1,0 +1,136 @@
+"""Train a WS-RAM caption model (§5.2) with VAR or WS-RAM and log the training NLL of Fig. 4.
+
+    accelerate launch papers/wsram/captions/train.py --config cpu [--seed N] [--output-dir D] [--set k=v]
+
+Every update samples M attention sequences (one (layer, location) glimpse per word) per caption and minimises
+the selected estimator's surrogate from core.estimators: VAR (eqs. 3-5, `variational_bound_loss`) or WS-RAM
+(eqs. 7-8, `wake_sleep_loss`; +q: proposals from the inference network, trained by eq. 14; +c: §4.4). Every
+`log_every` updates it logs, for Fig. 4:
+  train_nll  per-word NLL of `probe_size` fixed training captions, log p(y | I) estimated with M attention
+             sequences from the prior (the inference network never guides it);
+  ess        effective sample size of the update's importance weights (eq. 7), in [1, M].
+After the last update it captions the test images greedily for Table 2 (BLEU-1..4) and writes
+final_metrics.json, including what an image-blind captioner gets (the `*_constant` BLEU and `unigram_nll`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+
+import torch
+from accelerate import PartialState
+
+from core.cli import main_guard, parse_args, save_config
+from core.estimators import (
+    effective_sample_size,
+    normalized_importance_weights,
+    variational_bound_loss,
+    wake_sleep_loss,
+)
+from core.results import save_result
+from core.train import LoopConfig, train
+from papers.wsram.captions.config import CaptionConfig, get_config
+from papers.wsram.captions.evaluate import caption_bleu, caption_nll, make_datasets, trivial_baselines
+from papers.wsram.captions.model import build_model
+
+
+def surrogate_loss(cfg: CaptionConfig, out: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The selected estimator's loss for a batch; its gradient is minus the paper's ascent direction."""
+    if cfg.estimator == "var":  # eq. 5, samples from the prior
+        return variational_bound_loss(out["log_py"], out["log_pa"], control_variate=cfg.control_variates)
+    # Eqs. 7-8 (16) with q or the prior as proposal; q's own loss (eq. 14 / 17) moves only q.
+    ws = wake_sleep_loss(out["log_py"], out["log_pa"], log_q=out["log_proposal"] if cfg.use_q else None,
+                         control_variate=cfg.control_variates)
+    return ws.loss
+
+
+def make_step_fn(cfg: CaptionConfig, probe):
+    def step_fn(model, batch, step):
+        images, captions, _ = batch
+        out = model(images, captions, cfg.num_samples, "q" if cfg.use_q else "prior")
+        log_w = (out["log_pa"] + out["log_py"] - out["log_proposal"]).detach()  # eq. 7
+        stats = {
+            "ess": effective_sample_size(normalized_importance_weights(log_w)).mean().item(),
+            # per-word log 1/M sum_m w~^m: the eq. 9 bound with the proposal in use
+            "bound_per_word": ((torch.logsumexp(log_w, 0) - math.log(cfg.num_samples)).sum()
+                               / out["tokens"].sum()).item(),
+        }
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            stats.update(probe(getattr(model, "module", model), step))
+        return surrogate_loss(cfg, out), stats
+
+    return step_fn
+
+
+def make_probe(cfg: CaptionConfig, dataset):
+    """Fig. 4's training NLL on fixed captions, under its own RNG (so logging never changes training)."""
+    indices = list(range(min(cfg.probe_size, len(dataset))))
+
+    def probe(model, step: int) -> dict[str, float]:
+        devices = [next(model.parameters()).device] if next(model.parameters()).is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(cfg.seed * 1_000_003 + step)
+            nll = caption_nll(model, dataset, indices, cfg.num_samples)
+        model.train()
+        return {"train_nll": nll}
+
+    return probe, indices
+
+
+def make_eval_fn(cfg: CaptionConfig):
+    def eval_fn(model, batch):
+        images, captions, _ = batch
+        return {"nll_sum": -model.log_likelihood(images, captions, cfg.num_samples),
+                "words": (captions[:, 1:] != 0).sum(1).double()}
+
+    return eval_fn
+
+
+def summarize(metrics_path: Path, cfg: CaptionConfig) -> dict[str, float]:
+    """The Fig. 4 curve at the last update and averaged over the run ("over the first updates")."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+    curve = [r for r in rows if "train_nll" in r]
+    return {
+        "train_nll": curve[-1]["train_nll"],
+        "train_nll_auc": sum(r["train_nll"] for r in curve) / len(curve),
+        "ess": sum(r["ess"] for r in curve) / len(curve),
+        "steps": float(curve[-1]["step"]),
+        "num_samples": float(cfg.num_samples),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    cfg, _ = parse_args(get_config, argv, description=__doc__.split("\n")[0])
+    torch.manual_seed(cfg.seed)  # the model's initial parameters
+    train_set, test_set = make_datasets(cfg)
+    model = build_model(cfg, train_set.vocab, test_set[0][0].shape[0])
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    loop = LoopConfig(max_steps=cfg.max_steps, batch_size=cfg.batch_size, seed=cfg.seed,
+                      checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
+                      log_every=cfg.log_every, output_dir=cfg.output_dir, num_workers=cfg.num_workers)
+    probe, probe_indices = make_probe(cfg, train_set)
+    metrics = train(loop, model, optimizer, train_set, make_step_fn(cfg, probe),
+                    eval_dataset=test_set, eval_fn=make_eval_fn(cfg))
+    if not PartialState().is_main_process:  # the main process alone captions, writes the log and results
+        return {}
+    out = Path(cfg.output_dir)
+    save_config(cfg, out)
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        final = {**caption_bleu(model, test_set, cfg.bleu_size),
+                 "test_nll": metrics["nll_sum"] / metrics["words"],
+                 **summarize(out / "metrics.jsonl", cfg),
+                 **trivial_baselines(train_set, test_set, probe_indices, cfg.bleu_size)}
+    save_result(out / "final_metrics.json", final)
+    print(json.dumps({"variant": cfg.variant, **final}))
+    return final
+
+
+if __name__ == "__main__":
+    main_guard(main)

@@ -1,0 +1,89 @@
+"""reproductions/bench.py: the per-sample loop references match the vectorised glimpse ops exactly, the
+row-copy fast path of core.glimpse equals its gather path, and a --quick run writes a well-formed result."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from core import glimpse
+from reproductions import bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.unit
+def test_loop_references_match_vectorised_ops_exactly():
+    for name, _, vectorised, loop, index, _ in bench.glimpse_cases(torch.device("cpu"), batch=4):
+        out, ref = vectorised(), loop()
+        assert out.shape == ref.shape, name
+        assert torch.equal(out, ref), name
+        assert index.numel() == out.numel(), name
+
+
+@pytest.mark.unit
+def test_row_copy_fast_path_equals_gather_path(monkeypatch):
+    torch.manual_seed(0)
+    images = torch.randn(3, 2, 30, 40)
+    inside = torch.stack([torch.randint(0, 20, (3, 4)), torch.randint(0, 28, (3, 4))], -1)
+    overhang = inside - 5
+    assert glimpse._rows_inside(images, inside, (10, 12)) is not None
+    assert glimpse._rows_inside(images, overhang, (10, 12)) is not None  # from a zero-padded copy
+    assert glimpse._rows_inside(images, overhang, (10, 12), "border") is None  # the gather clamps
+    assert glimpse._rows_inside(images, inside - 100, (10, 12)) is None  # padding would be huge
+    fast = [glimpse.extract_patches(images, tl, (10, 12)) for tl in (inside, overhang, inside - 100)]
+    monkeypatch.setattr(glimpse, "_rows_inside", lambda *a: None)
+    for out, tl in zip(fast, (inside, overhang, inside - 100), strict=True):
+        assert torch.equal(out, glimpse.extract_patches(images, tl, (10, 12)))
+
+
+@pytest.mark.unit
+def test_ratio_is_the_median_of_per_round_ratios():
+    times = {"a": [2.0, 10.0, 3.0], "b": [1.0, 1.0, 1.0]}
+    assert bench.ratio(times, "a", "b") == 3.0
+    t = bench.Targets()
+    t.add("x", 3.0, ">=", 2.0)
+    t.add("y", 3.0, "<=", 2.0)
+    t.add("z", math.nan, ">=", 1.0)
+    assert [r["met"] for r in t.rows] == [True, False, False]
+
+
+@pytest.mark.smoke
+def test_quick_bench_writes_every_target(tmp_path):
+    proc = subprocess.run([sys.executable, "reproductions/bench.py", "--quick", "--threads", "1",
+                           "--results-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "targets met" in proc.stdout
+    result = json.loads((tmp_path / "bench" / "cpu-quick.json").read_text())
+    assert result["quick"] is True and result["device"] == "cpu"
+    assert {"git_commit", "command", "packages", "wall_time_s"} <= set(result["provenance"])
+    ids = [r["id"] for r in result["targets"]]
+    assert len(ids) == len(set(ids))
+    for kind in ("glimpse/retina_wsram/vs_loop", "glimpse/crops_tnet_imagenet/vs_gather",
+                 "glimpse/patches_boed/vs_loop", "tnet/table1/cpu/1loc/latency",
+                 "tnet/table2/cpu/2loc/memory"):
+        assert kind in ids
+    for row in result["targets"]:
+        assert math.isfinite(row["measured"]) and row["measured"] > 0, row
+        assert isinstance(row["met"], bool)
+    assert all(case["exact"] for case in result["glimpse"].values())
+    for entry in result["training"].values():
+        assert entry["images_per_s"] > 0
+    assert set(result["training"]) == {"tnet/smoke", "saccader/smoke/policy", "wsram/smoke", "boed/smoke"}
+    assert all(v == {"note": "no stored result"} for v in result["sessions"].values())
+
+
+@pytest.mark.unit
+def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    proc = subprocess.run([sys.executable, "reproductions/bench.py", "--quick", "--device", "cuda",
+                           "--results-dir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
