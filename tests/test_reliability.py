@@ -49,6 +49,10 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *fragments: str) ->
 BAD_INPUT = {
     "tnet": [
         (["--set", "max_steps=ten"], "expected an integer"),
+        (["--set", "locs_per_grid=0"], "locs_per_grid"),                     # zero locations
+        (["--set", "locs_per_grid=10"], "grid"),                              # more than the grid's cells
+        (["--set", "eval_locs=0,12"], "more locations than"),
+        (["--set", "base_res=200"], "image_size"),                           # image smaller than the glimpse
         (["--set", "dataset=/no/such/folder"], "/no/such/folder"),
     ],
     "saccader": [

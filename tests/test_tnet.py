@@ -334,6 +334,24 @@ def test_configs_build_and_parse_location_settings():
         dataclasses.replace(get_config("imagenet"), locs_per_grid=(1, 1))
 
 
+def test_cpu_baselines_are_the_same_extractor_with_the_same_budget():
+    """The CPU comparison is fair: TNet and both baselines share the extractor's construction and every
+    optimisation setting; only the input the extractor sees differs (64 px canvas, 32 px crops/whole)."""
+    cfgs = {name: get_config(name) for name in ("cpu", "cpu-bagnet", "cpu-bagnet-base")}
+    for field in ("max_steps", "batch_size", "lr", "lr_decay", "lr_decay_at", "width", "feature_dim",
+                  "backbone", "train_size", "eval_size", "image_size"):
+        assert len({getattr(c, field) for c in cfgs.values()}) == 1, field
+    models = {name: build_model(cfg) for name, cfg in cfgs.items()}
+    shapes = [{k: v.shape for k, v in m.extractor.state_dict().items()} for m in models.values()]
+    assert shapes[0] == shapes[1] == shapes[2]
+    assert models["cpu-bagnet"].input_size == 64 and models["cpu-bagnet-base"].input_size == 32
+    images = torch.rand(2, 1, 64, 64) * 2 - 1
+    with torch.no_grad():
+        assert models["cpu"](images).logits.shape == (2, 10)
+        feats = models["cpu"].extractor.forward_features(images[..., :32, :32])
+    assert feats["stage3"].shape[-2:] == (3, 3)  # the 3x3 grid at the 32 px base resolution, taken whole
+
+
 def test_inception_augmentation_shapes_and_range():
     from papers.tnet.train import InceptionAugment
 

@@ -106,7 +106,7 @@ class ResizeSigned:
 def build_datasets(cfg: TNetConfig):
     """(train, eval) datasets yielding (image (C, image_size, image_size) in [-1, 1], label).
 
-    "digits": the CPU task, real MNIST digits (core.data.DigitCanvas) on a cluttered canvas; training
+    "digits": the CPU task, real MNIST digits (core.data.DigitCanvas) on a black canvas; training
     canvases depend on the seed, the test canvases (held-out digits) are the same for every run.
     Anything else is a hub id or local folder read by core.data.build_dataset (ImageNet, fMoW) with the
     augmentation of B.2 for training.
