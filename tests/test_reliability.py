@@ -74,9 +74,9 @@ BAD_INPUT = {
 }
 
 
-@pytest.mark.parametrize("paper", PAPERS)
-def test_unknown_config_is_one_line_error_from_the_command_line(paper):
-    assert_one_line_error(run_cli(ROOT / "papers" / paper / "train.py", "--config", "no-such-config"),
+@pytest.mark.parametrize("folder", [*PAPERS, "wsram/captions"])
+def test_unknown_config_is_one_line_error_from_the_command_line(folder):
+    assert_one_line_error(run_cli(ROOT / "papers" / folder / "train.py", "--config", "no-such-config"),
                           "no-such-config")
 
 
