@@ -106,8 +106,10 @@ class SaccaderConfig:
     """Updates of eq. 5 (0: `epochs` epochs)."""
     steps_policy: int = 0
     """Updates of eq. 6 / DRAM's hybrid loss (0: `epochs` epochs)."""
-    steps_dram_pretrain: int = 0
-    """Updates of each DRAM pretraining stage (0: `epochs` epochs)."""
+    steps_dram_wide: int = 0
+    """Updates of DRAM's first pretraining stage, wide fields of view (0: `epochs` epochs)."""
+    steps_dram_narrow: int = 0
+    """Updates of DRAM's second pretraining stage, 77 px fields of view (0: `epochs` epochs)."""
     steps_classifier: int = 0
     """Updates of the occlusion analysis' whole-image classifier (0: `epochs` epochs)."""
     steps_patch_classifier: int = 0
@@ -196,7 +198,8 @@ _SMOKE_TASK = dict(dataset="digit-pairs", width=0.0625, num_classes=10, channels
                    resnet_bn_decay=0.9,
                    train_size=8, eval_size=4, num_clutter=2, min_separation=34, margin=0, batch_size=4,
                    log_every=1, checkpoint_every=0, steps_representation=2, steps_location=2,
-                   steps_policy=2, steps_dram_pretrain=1, steps_classifier=1, pretrain_glimpses=3,
+                   steps_policy=2, steps_dram_wide=1, steps_dram_narrow=1, steps_classifier=1,
+                   pretrain_glimpses=3,
                    train_glimpses=2, eval_glimpses=(1, 2), eval_policies=("random", "ordered_logits",
                    "sobel_mean", "sobel_var"), dram_pretrain_glimpse=86)
 
@@ -207,15 +210,21 @@ CONFIGS: dict[str, dict] = {
                                   lr_representation=0.9),
     "imagenet-dram": dict(model="dram", stages=STAGES["dram"], l2_location=0.0),
     "cpu": dict(_CPU_TASK, variants=("saccader", "no_location_pretraining"), occlusion_classifier=True,
-                steps_representation=400, steps_location=150, steps_policy=200, steps_classifier=600,
+                # ~440 CPU-s per run with 1 thread (BagNet-lowD at 160 px: ~0.55 CPU-s per update of eq. 4
+                # or 6). Eq. 4 keeps 400 updates: 300 left BagNet at 0.51 from all locations (400: 0.83).
+                steps_representation=400, steps_location=150, steps_policy=120, steps_classifier=600,
                 # eq. 6 at the paper's 0.01 (batch 1024) collapses the location-pretrained Saccader at
                 # batch 32 (reward 0.28 -> 0.09 within 20 updates; 1e-3: test accuracy 0.36 -> 0.26);
                 # the linear scaling rule, 0.01 x 32 / 1024 ~ 3e-4, keeps it (0.37, seed 0).
                 lr_representation=0.1, lr_location=0.05, lr_policy=3e-4, lr_classifier=0.1,
                 pretrain_glimpses=6),
+    # DRAM's pretraining stays at chance for its first ~60 updates at any rate tried (0.03-0.3, like the
+    # whole-image classifier), and a wide (143 px = 200/224 x 160) update costs ~1.7 CPU-s against ~0.56
+    # for a 77 px one: most pretraining updates go to the 77 px stage, at the wide stage's rate (the
+    # paper's 0.001 fine-tunes a wide stage that converged, ours is far shorter).
     "cpu-dram": dict(_CPU_TASK, model="dram", stages=STAGES["dram"], l2_location=0.0,
-                     steps_dram_pretrain=100, steps_policy=200, lr_dram_wide=0.1, lr_dram_narrow=0.01,
-                     lr_policy=0.01, dram_pretrain_glimpse=143),
+                     steps_dram_wide=40, steps_dram_narrow=200, steps_policy=200, lr_dram_wide=0.1,
+                     lr_dram_narrow=0.1, lr_policy=0.01, dram_pretrain_glimpse=143),
     "smoke": dict(_SMOKE_TASK, variants=("saccader", "no_location_pretraining"), occlusion_classifier=True,
                   patch_classifier="resnet_v2_50", steps_patch_classifier=1, lr_representation=0.05,
                   lr_location=0.05),

@@ -199,7 +199,7 @@ class Pipeline:
         cfg = self.cfg
         steps = {"representation": cfg.steps_representation, "location": cfg.steps_location,
                  "policy": cfg.steps_policy, "classifier": cfg.steps_classifier,
-                 "pretrain_wide": cfg.steps_dram_pretrain, "pretrain_narrow": cfg.steps_dram_pretrain,
+                 "pretrain_wide": cfg.steps_dram_wide, "pretrain_narrow": cfg.steps_dram_narrow,
                  "patch_classifier": cfg.steps_patch_classifier}[stage]
         return steps or math.ceil(cfg.epochs * len(self.train_set) / cfg.batch_size)
 
