@@ -48,6 +48,8 @@ class Run:
     name: str
     config: str
     set: list[str] = field(default_factory=list)
+    script: Path | None = None
+    """This run's training script, if not the spec's (a cross-paper spec runs several papers' scripts)."""
 
 
 @dataclass
@@ -79,7 +81,8 @@ def load_spec(path: str | Path, scale: str) -> Spec:
         raise UserError(f"{path}: no [scales.{scale}] (has: {', '.join(data['scales'])})")
     sc = data["scales"][scale]
     try:
-        runs = [Run(r["name"], r["config"], [str(s) for s in r.get("set", [])]) for r in sc["runs"]]
+        runs = [Run(r["name"], r["config"], [str(s) for s in r.get("set", [])],
+                    _repo_path(r["script"]) if "script" in r else None) for r in sc["runs"]]
         seeds = [int(s) for s in sc["seeds"]]
         tolerances = [Tolerance(t["match"], t["kind"], float(t.get("tol", 0.0)))
                       for t in data.get("tolerances", [])]
@@ -92,10 +95,14 @@ def load_spec(path: str | Path, scale: str) -> Spec:
     names = [r.name for r in runs]
     if not runs or not seeds or len(set(names)) != len(names) or any("/" in n for n in names):
         raise UserError(f"{path}: scale {scale!r} needs seeds and runs with unique names without '/'")
-    script = Path(data["script"])
     return Spec(paper=data["paper"], description=data.get("description", ""),
-                script=script if script.is_absolute() else REPO_ROOT / script, scale=scale, seeds=seeds,
+                script=_repo_path(data["script"]), scale=scale, seeds=seeds,
                 jobs=int(sc.get("jobs", 1)), runs=runs, tolerances=tolerances, claims=claims)
+
+
+def _repo_path(path: str) -> Path:
+    path = Path(path)
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def claim_runs(claim: dict) -> set[str]:
@@ -109,7 +116,7 @@ def run_one(spec: Spec, run: Run, seed: int, out_dir: Path, threads: int) -> dic
     out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / "final_metrics.json"
     final.unlink(missing_ok=True)  # a stale file from an earlier run must never count as this run's result
-    cmd = [sys.executable, str(spec.script), "--config", run.config, "--seed", str(seed),
+    cmd = [sys.executable, str(run.script or spec.script), "--config", run.config, "--seed", str(seed),
            "--output-dir", str(out_dir)]
     for item in run.set:
         cmd += ["--set", item]
@@ -229,8 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     spec = load_spec(args.spec, args.scale)
-    if not spec.script.exists():
-        raise UserError(f"{spec.paper} is not implemented yet ({spec.script} does not exist)")
+    for script in sorted({spec.script} | {run.script for run in spec.runs if run.script}):
+        if not script.exists():
+            raise UserError(f"{spec.paper} is not implemented yet ({script} does not exist)")
     jobs = max(1, args.jobs or spec.jobs)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // jobs)
@@ -266,7 +274,10 @@ def main(argv: list[str] | None = None) -> int:
         configs = {}
         for run in spec.runs:
             resolved = outputs[run.name, spec.seeds[0]] / "config.json"
-            configs[run.name] = {"config": run.config, "set": run.set,
+            script = run.script or spec.script
+            if script.is_relative_to(REPO_ROOT):
+                script = script.relative_to(REPO_ROOT)
+            configs[run.name] = {"script": script.as_posix(), "config": run.config, "set": run.set,
                                  "resolved": json.loads(resolved.read_text()) if resolved.exists() else None}
         run_walls = {f"{run}/seed{seed}": round(r["wall_s"], 2) for (run, seed), r in results.items()}
         run_cpus = {f"{run}/seed{seed}": round(r["cpu_s"], 2) for (run, seed), r in results.items()}

@@ -111,8 +111,9 @@ def test_update_then_rerun_passes_and_perturbed_store_fails(tmp_path, capsys):
                                                                 ("low_beats_chance", True)]
     assert {"lhs_value", "rhs_value", "text", "lhs", "op", "rhs"} <= set(stored["claims"][0])
     prov = stored["provenance"]
-    assert prov["seeds"] == [0, 1] and prov["configs"]["low"] == {"config": "smoke", "set": ["acc=0.5"],
-                                                                    "resolved": None}
+    assert prov["seeds"] == [0, 1] and prov["configs"]["low"] == {
+        "script": (tmp_path / "fake_train.py").as_posix(), "config": "smoke", "set": ["acc=0.5"],
+        "resolved": None}
     assert prov["packages"]["python"] and "low/seed1" in prov["run_wall_time_s"]
     assert 0 < prov["run_cpu_time_s"]["low/seed1"] <= prov["cpu_time_s"]
     logs = tmp_path / "results" / "fake" / "smoke-logs"
@@ -173,6 +174,23 @@ def test_claims_needing_runs_outside_the_scale_are_skipped(tmp_path, capsys):
     assert "claim high_beats_low skipped at this scale: needs runs high" in out
     assert [c["id"] for c in load_result(tmp_path / "results" / "fake" / "cpu.json")["claims"]] == \
         ["low_beats_chance"]
+
+
+@pytest.mark.unit
+def test_a_run_may_name_its_own_script(tmp_path, capsys):
+    """A cross-paper spec (reproductions/same-footing.toml) runs several papers' train.py."""
+    spec = _spec(tmp_path)
+    other = tmp_path / "other_train.py"
+    other.write_text(FAKE.replace('"acc": acc', '"acc": acc + 0.1'))
+    spec.write_text(spec.read_text().replace('{ name = "high", config', f'{{ name = "high", script = "{other}", config'))
+    assert _run(spec, tmp_path, "--update") == 0
+    stored = load_result(tmp_path / "results" / "fake" / "smoke.json")
+    assert stored["metrics"]["high/acc"]["per_seed"] == pytest.approx([0.9, 0.91])  # other_train.py ran
+    assert stored["metrics"]["low/acc"]["per_seed"] == pytest.approx([0.5, 0.51])
+    assert stored["provenance"]["configs"]["high"]["script"] == other.as_posix()
+    other.unlink()
+    with pytest.raises(UserError, match="fake is not implemented yet .*other_train.py does not exist"):
+        main([str(spec), "--scale", "smoke", "--results-dir", str(tmp_path / "results")])
 
 
 @pytest.mark.unit

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from accelerate import PartialState
 
 from core.cli import main_guard, parse_args, save_config
-from core.data import build_dataset
+from core.data import build_dataset, list_datasets
 from core.data.transforms import Compose, RandomResizedCrop, Resize, ToSigned
 from core.errors import UserError
 from core.estimators import batch_mean_baseline, reinforce_loss
@@ -52,8 +52,9 @@ from papers.saccader.model import PatchClassifier, build_model, classification_l
 
 def build_datasets(cfg: SaccaderConfig):
     """(train, test) datasets of (image in [-1, 1], label, ...). "digit-pairs": the CPU task (data.py;
-    training canvases follow the seed, test canvases are fixed and use held-out digits). Otherwise a
-    dataset for core.data.build_dataset, with App. C's random crop for training."""
+    training canvases follow the seed, test canvases are fixed and use held-out digits), or likewise a
+    made dataset registered in core.data at image_size px. Otherwise a dataset for
+    core.data.build_dataset, with App. C's random crop for training."""
     if cfg.dataset == "digit-pairs":
         kw = dict(canvas=cfg.image_size, key_digits=cfg.key_digits, num_distractors=cfg.num_distractors,
                   num_clutter=cfg.num_clutter, clutter_size=cfg.clutter_size,
@@ -64,6 +65,10 @@ def build_datasets(cfg: SaccaderConfig):
             raise UserError(f"{len(cfg.key_digits)} key digits make {train_set.num_classes} classes, "
                             f"but num_classes = {cfg.num_classes}")
         return train_set, DigitPairs("test", cfg.eval_size, seed=0, **kw)
+    if cfg.dataset in list_datasets():  # a made task of core.data, e.g. the cross-paper same-footing task
+        kw = dict(canvas=cfg.image_size, channels=cfg.channels, transform=ToSigned())
+        return (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
+                build_dataset(cfg.dataset, "test", n=cfg.eval_size, seed=0, **kw))
     size = (cfg.image_size, cfg.image_size)
     kw = dict(channels=cfg.channels, num_classes=cfg.num_classes)
     train_tf, eval_tf = Compose([RandomResizedCrop(size), ToSigned()]), Compose([Resize(size), ToSigned()])

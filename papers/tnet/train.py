@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from core.cli import main_guard, parse_args, save_config
-from core.data import DigitCanvas, build_dataset
+from core.data import DigitCanvas, build_dataset, list_datasets
 from core.data.transforms import random_resized_crop_box, resize, to_signed
 from core.errors import UserError
 from core.results import save_result
@@ -107,7 +107,8 @@ def build_datasets(cfg: TNetConfig):
     """(train, eval) datasets yielding (image (C, image_size, image_size) in [-1, 1], label).
 
     "digits": the CPU task, real MNIST digits (core.data.DigitCanvas) on a black canvas; training
-    canvases depend on the seed, the test canvases (held-out digits) are the same for every run.
+    canvases depend on the seed, the test canvases (held-out digits) are the same for every run; the same
+    for a made dataset registered in core.data (e.g. "cluttered-mnist") at image_size px.
     Anything else is a hub id or local folder read by core.data.build_dataset (ImageNet, fMoW) with the
     augmentation of B.2 for training.
     """
@@ -116,6 +117,10 @@ def build_datasets(cfg: TNetConfig):
                   clutter_size=cfg.clutter_size, channels=cfg.channels, transform=to_signed)
         return (DigitCanvas("train", cfg.train_size, seed=cfg.seed, **kw),
                 DigitCanvas("test", cfg.eval_size, seed=0, **kw))
+    if cfg.dataset in list_datasets():  # a made task of core.data, e.g. the cross-paper same-footing task
+        kw = dict(canvas=cfg.image_size, channels=cfg.channels, transform=to_signed)
+        return (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
+                build_dataset(cfg.dataset, "test", n=cfg.eval_size, seed=0, **kw))
     kw = dict(channels=cfg.channels, num_classes=cfg.num_classes)
     train_tf = InceptionAugment(cfg.image_size) if cfg.augment else ResizeSigned(cfg.image_size)
     return (build_dataset(cfg.dataset, cfg.train_split, transform=train_tf, **kw),

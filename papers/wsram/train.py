@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from accelerate import PartialState
 
 from core.cli import main_guard, parse_args, save_config
-from core.data.synthetic import TranslatedScaledMNIST
+from core.data import DigitCanvas, build_dataset
 from core.estimators import (
     effective_sample_size,
     normalized_importance_weights,
@@ -101,7 +101,7 @@ class Probes:
     They run under their own RNG seeded by (seed, step), so logging more or less often never changes
     training, and on the unwrapped model, so no gradient synchronisation is involved."""
 
-    def __init__(self, cfg: WSRAMConfig, dataset: TranslatedScaledMNIST):
+    def __init__(self, cfg: WSRAMConfig, dataset: DigitCanvas):
         n = min(cfg.train_probe_size, len(dataset))
         batch = [dataset[i] for i in range(n)]
         self.images = torch.stack([b[0] for b in batch])
@@ -195,8 +195,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cfg, _ = parse_args(get_config, argv, description=__doc__.split("\n")[0])
     torch.manual_seed(cfg.seed)  # the model's initial parameters
     data = dict(canvas=cfg.canvas, scale_range=cfg.digit_scale, seed=cfg.seed)
-    train_set = TranslatedScaledMNIST("train", cfg.train_size, **data)
-    test_set = TranslatedScaledMNIST("test", cfg.test_size, **data)
+    train_set = build_dataset(cfg.dataset, "train", n=cfg.train_size, **data)
+    test_set = build_dataset(cfg.dataset, "test", n=cfg.test_size, **data)
     model = build_model(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loop = LoopConfig(max_steps=cfg.max_steps, batch_size=cfg.batch_size, seed=cfg.seed,
