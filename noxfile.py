@@ -1,6 +1,6 @@
 """Sessions: `nox -s tests`, `nox -s lint`, `nox -s reproduce-<paper> [-- --scale smoke|cpu|paper --update]`,
-`nox -s compare`, `nox -s bench`. Each session installs the project (`pip install -e .[dev]`) into its own
-virtualenv."""
+`nox -s compare`, `nox -s bench`, `nox -s model-facts`. Each session installs the project
+(`pip install -e .[dev]`) into its own virtualenv."""
 
 import nox
 
@@ -56,3 +56,10 @@ def bench(session: nox.Session) -> None:
     """Performance targets as side-by-side ratios (issue #8); writes results/bench/<device>.json."""
     _install(session)
     session.run("python", "reproductions/bench.py", *session.posargs)
+
+
+@nox.session(name="model-facts")
+def model_facts(session: nox.Session) -> None:
+    """Paper-scale parameter counts and multiplications, checked against results/model-facts/paper.json."""
+    _install(session)
+    session.run("python", "reproductions/model_facts.py", *session.posargs)

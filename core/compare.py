@@ -9,13 +9,16 @@ Reads the paper-reported numbers (`results/papers/<paper>.json`) and our measure
   claims.{md,csv}         each paper's claims at each scale: holds / does not hold, with the numbers;
   models.{md,csv}         one row per model on the common axes (accuracy, multiplications, glimpses,
                           fraction of the image seen), paper-scale rows and CPU-scale rows labelled;
-  accuracy_vs_mults.png   those rows, one panel per scale (the scales are never mixed in one panel).
+  accuracy_vs_mults.png   those rows, one panel per scale (the scales are never mixed in one panel);
+  same_footing.{md,csv}   every paper's model trained on one CPU task with one budget
+                          (results/same-footing/cpu.json, from reproductions/same-footing.toml).
 With `--readme`, the README's section between the `results:start` / `results:end` markers is replaced
 by the generated tables, so README numbers never drift from stored results.
 
 A paper-reported value names ours with `"ours": {"result": "<paper>/<scale>", "metric": "<name>",
 "kind": "exact|absolute|relative|ratio", "tol": x}`; a model row of ours is every run of a result file
-that reports the metric `accuracy` (and optionally `mults`, `glimpses`, `coverage`).
+that reports the metric `accuracy` or `test_accuracy` (and optionally `mults`, `glimpses`, `coverage`;
+see `run_axes`).
 """
 
 import argparse
@@ -97,6 +100,31 @@ def claim_rows(ours: dict) -> list[dict]:
     return rows
 
 
+def run_axes(result: dict, run: str) -> dict:
+    """A run's values on the common axes. Runs name their headline metrics alike ("accuracy", "mults",
+    "glimpses", "coverage"), except Saccader's and DRAM's, which report "test_accuracy" at their trained
+    number of glimpses T (the config's train_glimpses) and "coverage_learned_T<T>"."""
+    metrics = result.get("metrics", {})
+
+    def mean(name):
+        return metrics.get(f"{run}/{name}", {}).get("mean")
+
+    resolved = (result.get("provenance", {}).get("configs", {}).get(run) or {}).get("resolved") or {}
+    glimpses = mean("glimpses") or resolved.get("train_glimpses")
+    coverage = mean("coverage")
+    if coverage is None and glimpses:
+        coverage = mean(f"coverage_learned_T{int(glimpses)}")
+    accuracy = mean("accuracy")
+    return {"accuracy": mean("test_accuracy") if accuracy is None else accuracy, "mults": mean("mults"),
+            "glimpses": glimpses, "coverage": coverage}
+
+
+def _runs(result: dict) -> list[str]:
+    """Runs of a result that report an accuracy."""
+    keys = result.get("metrics", {})
+    return sorted({k.split("/", 1)[0] for k in keys if k.endswith(("/accuracy", "/test_accuracy"))})
+
+
 def model_rows(reported: dict, ours: dict) -> list[dict]:
     rows = []
     for paper, doc in reported.items():
@@ -112,20 +140,58 @@ def model_rows(reported: dict, ours: dict) -> list[dict]:
                 }
             )
     for name, result in ours.items():
-        metrics = result.get("metrics", {})
-        runs = sorted({k.split("/", 1)[0] for k in metrics if k.endswith("/accuracy")})
-        for run in runs:
-            values = {a: metrics.get(f"{run}/{a}", {}).get("mean") for a in AXES}
+        for run in _runs(result):
             rows.append(
                 {
                     "scale": result.get("scale", name.split("/")[1]),
                     "paper": result.get("paper", name),
                     "model": run,
                     "dataset": result.get("task", ""),
-                    **values,
+                    **run_axes(result, run),
                     "source": f"results/{name}.json",
                 }
             )
+    return rows
+
+
+SAME_FOOTING = "same-footing/cpu"
+
+
+def same_footing_rows(ours: dict) -> list[dict]:
+    """One row per model of the same-footing run (reproductions/same-footing.toml: one task, one budget),
+    then its trivial baselines: each random-policy evaluation a run reports, and chance."""
+    result = ours.get(SAME_FOOTING)
+    if not result:
+        return []
+    metrics, prov = result["metrics"], result.get("provenance", {})
+    cpu = prov.get("run_cpu_time_s", {})
+    rows = []
+
+    def row(model, entry, axes, run):
+        seconds = [v for k, v in cpu.items() if k.split("/")[0] == run]
+        script = (prov.get("configs", {}).get(run) or {}).get("script", "")
+        rows.append({"model": model, "paper": script.split("/")[1] if script.count("/") > 1 else "",
+                     "accuracy": f"{entry['mean']:.3f} ± {entry['std']:.3f}",
+                     "per_seed": " / ".join(f"{v:.3f}" for v in entry["per_seed"]),
+                     **{a: axes.get(a) for a in AXES[1:]},
+                     "cpu_s_per_run": sum(seconds) / len(seconds) if seconds else None})
+
+    classes = set()
+    for run in _runs(result):
+        axes = run_axes(result, run)
+        accuracy = f"{run}/accuracy" if f"{run}/accuracy" in metrics else f"{run}/test_accuracy"
+        row(run, metrics[accuracy], axes, run)
+        glimpses = int(axes["glimpses"] or 0)
+        random = f"{run}/accuracy_random_T{glimpses}"
+        if random in metrics:
+            coverage = metrics.get(f"{run}/coverage_random_T{glimpses}", {}).get("mean")
+            row(f"{run}, random policy", metrics[random], {"glimpses": glimpses, "coverage": coverage}, run)
+        resolved = (prov.get("configs", {}).get(run) or {}).get("resolved") or {}
+        classes.add(resolved.get("num_classes"))
+    classes.discard(None)
+    if len(classes) == 1:
+        k = classes.pop()
+        rows.append({"model": "chance", "accuracy": f"{1 / k:.3f}", "per_seed": "", "paper": ""})
     return rows
 
 
@@ -207,6 +273,12 @@ def render(results_dir: Path, out_dir: Path) -> str:
             ["scale", "paper", "model", "dataset", *AXES, "source"],
         ),
     ]
+    tables.append((
+        "same_footing",
+        "Same footing: every paper's model on one CPU task with one budget",
+        same_footing_rows(ours),
+        ["model", "paper", "accuracy", "per_seed", "glimpses", "coverage", "mults", "cpu_s_per_run"],
+    ))
     for stem, title, rows, columns in tables:
         write_csv(out_dir / f"{stem}.csv", rows, columns)
         md = markdown(rows, columns)

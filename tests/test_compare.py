@@ -99,3 +99,52 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     (tmp_path / "README.md").write_text("no markers")
     with pytest.raises(UserError, match="no results markers"):
         update_readme(tmp_path / "README.md", "x")
+
+
+def _same_footing(root, saccader_seeds=(0.6, 0.7, 0.8)):
+    (root / "same-footing").mkdir(parents=True, exist_ok=True)
+
+    def entry(values):
+        mean = sum(values) / len(values)
+        return {"per_seed": list(values), "mean": mean, "std": 0.1}
+
+    metrics = {
+        "tnet/accuracy": entry([0.5, 0.5, 0.5]),
+        "tnet/glimpses": entry([2.0] * 3),
+        "tnet/mults": entry([8e6] * 3),
+        "saccader/test_accuracy": entry(saccader_seeds),
+        "saccader/coverage_learned_T2": entry([0.3] * 3),
+        "saccader/accuracy_random_T2": entry([0.2] * 3),
+        "saccader/coverage_random_T2": entry([0.4] * 3),
+    }
+    provenance = {
+        "configs": {
+            "tnet": {"script": "papers/tnet/train.py", "resolved": {"num_classes": 10}},
+            "saccader": {"script": "papers/saccader/train.py",
+                         "resolved": {"num_classes": 10, "train_glimpses": 2}},
+        },
+        "run_cpu_time_s": {f"{run}/seed{s}": t for run, t in (("tnet", 150.0), ("saccader", 130.0))
+                           for s in range(3)},
+    }
+    result = {"paper": "same-footing", "scale": "cpu", "provenance": provenance, "metrics": metrics,
+              "claims": []}
+    (root / "same-footing" / "cpu.json").write_text(json.dumps(result))
+
+
+def test_same_footing_table_follows_the_stored_runs(tmp_path):
+    _store(tmp_path / "results")
+    _same_footing(tmp_path / "results")
+    render(tmp_path / "results", tmp_path / "out")
+    table = (tmp_path / "out" / "same_footing.md").read_text()
+    # Saccader's headline is its test_accuracy at its trained T (2, from the resolved config)
+    assert "| saccader | saccader | 0.700 ± 0.100 | 0.600 / 0.700 / 0.800 | 2 | 0.3 | - | 130 |" in table
+    assert "| saccader, random policy | saccader | 0.200 ± 0.100 |" in table  # its trivial baseline
+    assert "| tnet | tnet | 0.500 ± 0.100 | 0.500 / 0.500 / 0.500 | 2 | - | 8e+06 | 150 |" in table
+    assert "| chance |  | 0.100 |" in table
+
+    _same_footing(tmp_path / "results", saccader_seeds=(0.1, 0.1, 0.1))
+    render(tmp_path / "results", tmp_path / "out")
+    assert "| saccader | saccader | 0.100 ± 0.100 | 0.100 / 0.100 / 0.100 |" in (
+        tmp_path / "out" / "same_footing.md").read_text()
+    models = (tmp_path / "out" / "models.md").read_text()
+    assert "| cpu | same-footing | saccader |  | 0.1 | - | 2 | 0.3 |" in models  # on the common axes too

@@ -182,7 +182,8 @@ def test_a_run_may_name_its_own_script(tmp_path, capsys):
     spec = _spec(tmp_path)
     other = tmp_path / "other_train.py"
     other.write_text(FAKE.replace('"acc": acc', '"acc": acc + 0.1'))
-    spec.write_text(spec.read_text().replace('{ name = "high", config', f'{{ name = "high", script = "{other}", config'))
+    high = f'{{ name = "high", script = "{other}", config'
+    spec.write_text(spec.read_text().replace('{ name = "high", config', high))
     assert _run(spec, tmp_path, "--update") == 0
     stored = load_result(tmp_path / "results" / "fake" / "smoke.json")
     assert stored["metrics"]["high/acc"]["per_seed"] == pytest.approx([0.9, 0.91])  # other_train.py ran

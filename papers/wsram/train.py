@@ -191,12 +191,18 @@ def summarize(metrics_path: Path, test_error: float, cfg: WSRAMConfig) -> dict[s
     return final
 
 
+def build_datasets(cfg: WSRAMConfig) -> tuple[DigitCanvas, DigitCanvas]:
+    """(train, test) placements of cfg.dataset at cfg.canvas px, images in [0, 1]; both follow the seed
+    (test digits are the held-out ones)."""
+    data = dict(canvas=cfg.canvas, scale_range=cfg.digit_scale, seed=cfg.seed)
+    return (build_dataset(cfg.dataset, "train", n=cfg.train_size, **data),
+            build_dataset(cfg.dataset, "test", n=cfg.test_size, **data))
+
+
 def main(argv: list[str] | None = None) -> dict[str, float]:
     cfg, _ = parse_args(get_config, argv, description=__doc__.split("\n")[0])
     torch.manual_seed(cfg.seed)  # the model's initial parameters
-    data = dict(canvas=cfg.canvas, scale_range=cfg.digit_scale, seed=cfg.seed)
-    train_set = build_dataset(cfg.dataset, "train", n=cfg.train_size, **data)
-    test_set = build_dataset(cfg.dataset, "test", n=cfg.test_size, **data)
+    train_set, test_set = build_datasets(cfg)
     model = build_model(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loop = LoopConfig(max_steps=cfg.max_steps, batch_size=cfg.batch_size, seed=cfg.seed,

@@ -1,0 +1,54 @@
+"""The same-footing spec (reproductions/same-footing.toml): every paper's model on one task."""
+
+import dataclasses
+
+import pytest
+import torch
+
+from core.reproduce import REPO_ROOT, load_spec, main
+from core.results import load_result
+from papers.saccader.config import get_config as saccader_config
+from papers.saccader.train import build_datasets as saccader_data
+from papers.tnet.config import get_config as tnet_config
+from papers.tnet.train import build_datasets as tnet_data
+from papers.wsram.config import get_config as wsram_config
+from papers.wsram.train import build_datasets as wsram_data
+
+SPEC = REPO_ROOT / "reproductions" / "same-footing.toml"
+
+
+@pytest.mark.unit
+def test_every_paper_sees_the_same_test_canvases():
+    common = dict(dataset="cluttered-mnist", train_size=4, eval_size=3)
+    _, tnet_test = tnet_data(dataclasses.replace(tnet_config("cpu"), image_size=128, **common))
+    _, saccader_test = saccader_data(dataclasses.replace(saccader_config("cpu"), image_size=128, **common))
+    _, wsram_test = wsram_data(dataclasses.replace(wsram_config("cpu"), dataset="cluttered-mnist", canvas=128,
+                                                   digit_scale=(1.0, 1.0), train_size=4, test_size=3, seed=0))
+    for i in range(3):
+        (a, y), (b, z), (c, w) = tnet_test[i][:2], saccader_test[i][:2], wsram_test[i][:2]
+        assert a.shape == (1, 128, 128) and y == z == w
+        assert torch.equal(a, b)  # both in [-1, 1]
+        assert torch.allclose((a + 1) / 2, c, atol=1e-6)  # WS-RAM's images are in [0, 1]
+    assert not torch.equal(tnet_test[0][0], tnet_test[1][0])
+
+
+@pytest.mark.unit
+def test_spec_runs_every_model_with_two_glimpses():
+    spec = load_spec(SPEC, "cpu")
+    scripts = {run.name: (run.script or spec.script).relative_to(REPO_ROOT).as_posix() for run in spec.runs}
+    assert scripts == {"tnet": "papers/tnet/train.py", "saccader": "papers/saccader/train.py",
+                       "dram": "papers/saccader/train.py", "wsram_qc": "papers/wsram/train.py"}
+    assert len(spec.seeds) >= 3
+    for run in spec.runs:
+        assert any(s.startswith("dataset=cluttered-mnist") for s in run.set)
+        assert "num_glimpses=2" in run.set or run.name != "wsram_qc"
+
+
+@pytest.mark.smoke
+def test_smoke_scale_runs_every_paper(tmp_path):
+    assert main([str(SPEC), "--scale", "smoke", "--workdir", str(tmp_path / "work"),
+                 "--results-dir", str(tmp_path / "results"), "--update"]) == 0
+    stored = load_result(tmp_path / "results" / "same-footing" / "smoke.json")
+    assert {"tnet/accuracy", "saccader/test_accuracy", "wsram_qc/accuracy"} <= set(stored["metrics"])
+    assert stored["metrics"]["wsram_qc/glimpses"]["mean"] == 2.0
+    assert "tnet/accuracy_locs2" in stored["metrics"]  # 2 attended locations
