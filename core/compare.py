@@ -78,7 +78,8 @@ def paper_vs_ours(reported: dict, ours: dict) -> list[dict]:
                 row.update(diff=None, status="MISSING")
             else:
                 diff, ok = tolerance.check(entry["value"], measured)
-                row.update(diff=diff, status="PASS" if ok else "FAIL")
+                shown = f"{100 * diff:.2f}%" if tolerance.kind == "relative" else diff
+                row.update(diff=shown, status="PASS" if ok else "FAIL")
             rows.append(row)
     return rows
 
@@ -140,13 +141,15 @@ def model_rows(reported: dict, ours: dict) -> list[dict]:
                 }
             )
     for name, result in ours.items():
+        configs = result.get("provenance", {}).get("configs", {})
         for run in _runs(result):
+            resolved = (configs.get(run) or {}).get("resolved") or {}
             rows.append(
                 {
                     "scale": result.get("scale", name.split("/")[1]),
                     "paper": result.get("paper", name),
                     "model": run,
-                    "dataset": result.get("task", ""),
+                    "dataset": resolved.get("dataset", ""),
                     **run_axes(result, run),
                     "source": f"results/{name}.json",
                 }
@@ -198,6 +201,8 @@ def same_footing_rows(ours: dict) -> list[dict]:
 def _fmt(x) -> str:
     if x is None:
         return "-"
+    if isinstance(x, int | float) and not isinstance(x, bool) and x == int(x) and abs(x) >= 1e4:
+        return f"{int(x):,}"  # counts (parameters, multiplications) to the unit
     if isinstance(x, float):
         return f"{x:.4g}"
     return str(x)

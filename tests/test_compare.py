@@ -139,7 +139,7 @@ def test_same_footing_table_follows_the_stored_runs(tmp_path):
     # Saccader's headline is its test_accuracy at its trained T (2, from the resolved config)
     assert "| saccader | saccader | 0.700 ± 0.100 | 0.600 / 0.700 / 0.800 | 2 | 0.3 | - | 130 |" in table
     assert "| saccader, random policy | saccader | 0.200 ± 0.100 |" in table  # its trivial baseline
-    assert "| tnet | tnet | 0.500 ± 0.100 | 0.500 / 0.500 / 0.500 | 2 | - | 8e+06 | 150 |" in table
+    assert "| tnet | tnet | 0.500 ± 0.100 | 0.500 / 0.500 / 0.500 | 2 | - | 8,000,000 | 150 |" in table
     assert "| chance |  | 0.100 |" in table
 
     _same_footing(tmp_path / "results", saccader_seeds=(0.1, 0.1, 0.1))
