@@ -10,7 +10,7 @@ Reads the paper-reported numbers (`results/papers/<paper>.json`) and our measure
   models.{md,csv}         one row per model on the common axes (accuracy, multiplications, glimpses,
                           fraction of the image seen), paper-scale rows and CPU-scale rows labelled;
   accuracy_vs_mults.png   those rows, one panel per scale (the scales are never mixed in one panel);
-  same_footing.{md,csv}   every paper's model trained on one CPU task with one budget
+  same_footing.{md,csv,png}  every paper's model trained on one CPU task with one budget
                           (results/same-footing/cpu.json, from reproductions/same-footing.toml).
 With `--readme`, the README's section between the `results:start` / `results:end` markers is replaced
 by the generated tables, so README numbers never drift from stored results.
@@ -253,6 +253,34 @@ def plot_models(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_same_footing(rows: list[dict], path: Path) -> None:
+    """Accuracy of every model of the same-footing run: seed mean (bar), seeds (dots), chance (line)."""
+    models = [r for r in rows if r.get("per_seed")]
+    if not models:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.4 * len(models) + 2, 4))
+    for i, r in enumerate(models):
+        seeds = [float(v) for v in r["per_seed"].split(" / ")]
+        ax.bar(i, sum(seeds) / len(seeds), color="tab:blue" if "random" not in r["model"] else "tab:gray")
+        ax.plot([i] * len(seeds), seeds, "k.", markersize=8)
+    for r in rows:
+        if r["model"] == "chance":
+            ax.axhline(float(r["accuracy"]), color="tab:red", linestyle="--", label="chance")
+            ax.legend(fontsize=8)
+    ax.set_xticks(range(len(models)), [r["model"] for r in models], rotation=20, fontsize=8)
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title("same task, same CPU budget, 2 glimpses (CPU scale, our runs)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def render(results_dir: Path, out_dir: Path) -> str:
     """Write all tables and figures; return the Markdown summary."""
     reported, ours = load_store(results_dir)
@@ -290,6 +318,7 @@ def render(results_dir: Path, out_dir: Path) -> str:
         (out_dir / f"{stem}.md").write_text(f"# {title}\n\n{md}")
         sections.append(f"### {title}\n\n{md}")
     plot_models(tables[2][2], out_dir / "accuracy_vs_mults.png")
+    plot_same_footing(tables[3][2], out_dir / "same_footing.png")
     return "\n".join(sections)
 
 

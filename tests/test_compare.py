@@ -141,6 +141,7 @@ def test_same_footing_table_follows_the_stored_runs(tmp_path):
     assert "| saccader, random policy | saccader | 0.200 ± 0.100 |" in table  # its trivial baseline
     assert "| tnet | tnet | 0.500 ± 0.100 | 0.500 / 0.500 / 0.500 | 2 | - | 8,000,000 | 150 |" in table
     assert "| chance |  | 0.100 |" in table
+    assert (tmp_path / "out" / "same_footing.png").stat().st_size > 0
 
     _same_footing(tmp_path / "results", saccader_seeds=(0.1, 0.1, 0.1))
     render(tmp_path / "results", tmp_path / "out")
