@@ -8,7 +8,8 @@ nox.options.sessions = ["tests", "lint"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.default_venv_backend = "virtualenv"  # not uv: uv ignores the local torch wheel
 
-PAPERS = ("tnet", "saccader", "wsram", "boed", "wsram-captions", "same-footing")  # reproductions/<name>.toml
+# reproductions/<name>.toml
+PAPERS = ("tnet", "saccader", "saccader-ablations", "wsram", "boed", "wsram-captions", "same-footing")
 
 
 def _install(session: nox.Session) -> None:
