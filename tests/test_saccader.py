@@ -1,6 +1,7 @@
 """Saccader (papers/saccader): exact model sizes, the cell's equations and no-revisit state, the location
 policies, the three training stages."""
 
+import dataclasses
 import json
 import math
 
@@ -17,7 +18,7 @@ from papers.saccader.config import get_config
 from papers.saccader.data import DigitPairs
 from papers.saccader.dram import DRAM, TFLSTMCell
 from papers.saccader.evaluate import evaluate_run, occlude, parts_seen
-from papers.saccader.model import Saccader, SaccaderCell, build_model
+from papers.saccader.model import Saccader, SaccaderCell, build_model, patch_classifier
 from papers.saccader.policies import POLICIES, select_locations
 from papers.saccader.train import main, make_step_fn, max_logit_order
 
@@ -307,3 +308,12 @@ def test_ablations_spec_trains_both_ablations(tmp_path):
     metrics = load_result(tmp_path / "work" / "saccader" / "seed0" / "final_metrics.json")
     assert {"accuracy_learned_T2", "accuracy_no_attention_network_T2", "accuracy_patch_classifier_T2",
             "accuracy_random_T2"} <= set(metrics)
+
+
+@pytest.mark.unit
+def test_patch_classifier_uses_the_configured_bn_decay():
+    """At TF-slim's 0.997 a few hundred updates leave BN's moving statistics those of the untrained
+    network (the CPU-scale patch classifier then evaluated at ~0.15 while training at ~0.7)."""
+    cfg = dataclasses.replace(get_config("smoke"), resnet_bn_decay=0.9)
+    bns = [m for m in patch_classifier(cfg).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.momentum == pytest.approx(0.1) for m in bns)

@@ -58,7 +58,8 @@ class SaccaderConfig:
     """Std of DRAM's Gaussian location policy (App. C "DRAM")."""
     resnet_bn_decay: float = 0.997
     """Moving-average decay of ResNet-v2-50's BN statistics (DRAM's glimpse network, the occlusion
-    classifier): TF-slim's 0.997, made for 120 epochs; CPU scale, a few hundred updates, uses 0.9."""
+    classifier, the patch classifier): TF-slim's 0.997, made for 120 epochs; CPU scale, a few hundred
+    updates, uses 0.9."""
 
     # ---- Data ----
     dataset: str = "imagenet"

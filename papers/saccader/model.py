@@ -239,6 +239,14 @@ def whole_image_classifier(cfg: SaccaderConfig) -> ResNetClassifier:
     return set_bn_decay(classifier, cfg.resnet_bn_decay)
 
 
+def patch_classifier(cfg: SaccaderConfig) -> PatchClassifier:
+    """Saccader-NASNet's classifier (sec. 4.3) on cfg.patch_classifier, with the BN decay of the other
+    separately trained networks: at TF-slim's 0.997 a few hundred CPU-scale updates leave its moving
+    statistics mostly those of the untrained network, and evaluation collapses."""
+    model = PatchClassifier(cfg.patch_classifier, cfg.num_classes, cfg.width, cfg.channels)
+    return set_bn_decay(model, cfg.resnet_bn_decay)
+
+
 def classification_loss(logits: Tensor, targets: Tensor) -> Tensor:
     """Second term of eq. 6 (and eq. 4 over all locations): cross-entropy of the geometric mean of the
     per-glimpse class probabilities, renormalised = softmax of the mean logits over glimpses."""

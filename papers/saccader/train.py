@@ -47,7 +47,12 @@ from core.train import LoopConfig, train
 from papers.saccader.config import SaccaderConfig, get_config
 from papers.saccader.data import DigitPairs
 from papers.saccader.evaluate import LEARNED_NAME, classifier_eval_fn, make_eval_fn, saccader_glimpses
-from papers.saccader.model import PatchClassifier, build_model, classification_loss, whole_image_classifier
+from papers.saccader.model import (
+    build_model,
+    classification_loss,
+    patch_classifier,
+    whole_image_classifier,
+)
 
 
 def build_datasets(cfg: SaccaderConfig):
@@ -295,8 +300,7 @@ def run(cfg: SaccaderConfig, output_dir: str) -> dict[str, float]:
             pipe.fit(model, "policy", f"{variant}/policy", make_eval_fn(cfg, [f"{name}=learned"], classifier))
         trained[variant] = model.eval()
     if cfg.patch_classifier and "saccader" in trained:  # sec. 4.3, on the full Saccader's glimpses
-        patch_classifier = PatchClassifier(cfg.patch_classifier, cfg.num_classes, cfg.width, cfg.channels)
-        pipe.fit(patch_classifier, "patch_classifier", "patch_classifier",
+        pipe.fit(patch_classifier(cfg), "patch_classifier", "patch_classifier",
                  patch_eval_fn(cfg, trained["saccader"]), saccader=trained["saccader"])
     if f"accuracy_learned_{train_glimpses}" in pipe.metrics:
         pipe.metrics["test_accuracy"] = pipe.metrics[f"accuracy_learned_{train_glimpses}"]
