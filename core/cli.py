@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+import torch.distributed as dist
+
 from core.errors import UserError
 from core.results import save_result
 
@@ -192,7 +194,9 @@ def save_config(cfg, output_dir: str | Path) -> Path:
 
 def main_guard(fn: Callable, *args, **kwargs):
     """Run fn(*args, **kwargs); a UserError becomes one `error: ...` line and exit 2 (HA_DEBUG=1 re-raises
-    with the traceback), Ctrl-C exits 130 quietly."""
+    with the traceback), Ctrl-C exits 130 quietly. A process group the run created is destroyed before exit:
+    left to the interpreter's teardown, gloo's threads can abort the process ("terminate called without an
+    active exception") after a run that succeeded."""
     try:
         return fn(*args, **kwargs)
     except UserError as e:
@@ -202,3 +206,6 @@ def main_guard(fn: Callable, *args, **kwargs):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()

@@ -297,3 +297,29 @@ def test_main_guard_turns_user_errors_into_one_line(capsys, monkeypatch):
     monkeypatch.setenv("HA_DEBUG", "1")
     with pytest.raises(UserError):  # the traceback is shown when debugging
         main_guard(boom)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("fails", [False, True])
+def test_main_guard_destroys_the_process_group(tmp_path, monkeypatch, fails):
+    """Left to interpreter teardown, gloo aborted a finished rank in CI ("terminate called without an active
+    exception"); main_guard ends the group itself, whether the run returned or stopped with an error."""
+    def run():
+        assert torch.distributed.is_initialized()
+        if fails:
+            raise UserError("stop")
+        return "done"
+
+    monkeypatch.delenv("HA_DEBUG", raising=False)
+    init = f"file://{tmp_path / 'pg'}"
+    torch.distributed.init_process_group("gloo", init_method=init, rank=0, world_size=1)
+    try:
+        if fails:
+            with pytest.raises(SystemExit):
+                main_guard(run)
+        else:
+            assert main_guard(run) == "done"
+        assert not torch.distributed.is_initialized()
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
