@@ -194,11 +194,12 @@ def save_config(cfg, output_dir: str | Path) -> Path:
 
 def main_guard(fn: Callable, *args, **kwargs):
     """Run fn(*args, **kwargs); a UserError becomes one `error: ...` line and exit 2 (HA_DEBUG=1 re-raises
-    with the traceback), Ctrl-C exits 130 quietly. A process group the run created is destroyed before exit:
-    left to the interpreter's teardown, gloo's threads can abort the process ("terminate called without an
-    active exception") after a run that succeeded."""
+    with the traceback), Ctrl-C exits 130 quietly. After a run that returned, the process group it created is
+    destroyed: left to the interpreter's teardown, gloo's threads can abort the finished process ("terminate
+    called without an active exception", pytorch/pytorch#190489). Not after an error, when another rank may
+    still be inside a collective and the teardown could hang."""
     try:
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
     except UserError as e:
         if os.environ.get("HA_DEBUG", "") not in ("", "0"):
             raise
@@ -206,6 +207,6 @@ def main_guard(fn: Callable, *args, **kwargs):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         raise SystemExit(130) from None
-    finally:
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    return result

@@ -300,25 +300,17 @@ def test_main_guard_turns_user_errors_into_one_line(capsys, monkeypatch):
 
 
 @pytest.mark.unit
-@pytest.mark.parametrize("fails", [False, True])
-def test_main_guard_destroys_the_process_group(tmp_path, monkeypatch, fails):
+def test_main_guard_destroys_the_process_group_after_a_run(tmp_path):
     """Left to interpreter teardown, gloo aborted a finished rank in CI ("terminate called without an active
-    exception"); main_guard ends the group itself, whether the run returned or stopped with an error."""
+    exception"), so main_guard ends the group itself once the run has returned."""
     def run():
         assert torch.distributed.is_initialized()
-        if fails:
-            raise UserError("stop")
         return "done"
 
-    monkeypatch.delenv("HA_DEBUG", raising=False)
     init = f"file://{tmp_path / 'pg'}"
     torch.distributed.init_process_group("gloo", init_method=init, rank=0, world_size=1)
     try:
-        if fails:
-            with pytest.raises(SystemExit):
-                main_guard(run)
-        else:
-            assert main_guard(run) == "done"
+        assert main_guard(run) == "done"
         assert not torch.distributed.is_initialized()
     finally:
         if torch.distributed.is_initialized():
