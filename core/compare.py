@@ -224,10 +224,7 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 
 
 def plot_models(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from core.figures import plt, save_figure  # matplotlib only when drawing
 
     scales = sorted({r["scale"] for r in rows if r["accuracy"] is not None and r["mults"]})
     if not scales:
@@ -248,9 +245,7 @@ def plot_models(rows: list[dict], path: Path) -> None:
         ax.set_ylabel("top-1 accuracy")
         ax.set_title(f"{scale} scale" + (" (papers' tables)" if scale == "paper" else " (our runs)"))
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_same_footing(rows: list[dict], path: Path) -> None:
@@ -258,10 +253,7 @@ def plot_same_footing(rows: list[dict], path: Path) -> None:
     models = [r for r in rows if r.get("per_seed")]
     if not models:
         return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from core.figures import plt, save_figure  # matplotlib only when drawing
 
     fig, ax = plt.subplots(figsize=(1.4 * len(models) + 2, 4))
     for i, r in enumerate(models):
@@ -276,9 +268,7 @@ def plot_same_footing(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1)
     ax.set_title("same task, same CPU budget, 2 glimpses (CPU scale, our runs)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def render(results_dir: Path, out_dir: Path) -> str:

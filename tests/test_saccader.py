@@ -224,6 +224,7 @@ def test_occlusion_and_parts_seen():
     occluded = occlude(images, boxes)
     assert occluded[0, 0, :2, :3].eq(0).all() and occluded[0].sum() == 100 - 6
     assert occluded[1, 0, 5:, 5:].eq(0).all() and occluded[1].sum() == 100 - 25
+    assert occlude(images, boxes, -1.0)[0].sum() == 100 - 2 * 6  # the CPU canvases' background
     parts = torch.tensor([[[0, 0, 2, 2], [6, 6, 8, 8]], [[6, 6, 8, 8], [0, 0, 2, 2]]], dtype=torch.float)
     assert parts_seen(boxes, parts).tolist() == [0.5, 0.5]
 
@@ -279,6 +280,10 @@ def test_smoke_training_run(tmp_path):
     evaluated = evaluate_run(str(tmp_path), num_images=2)
     for key in ("accuracy_learned_T2", "accuracy_ordered_logits_T1", "occluded_accuracy_learned_T2"):
         assert evaluated[key] == pytest.approx(saved[key])
+    assert evaluated["occlusion_value"] == 0.0
+    background = evaluate_run(str(tmp_path), num_images=2, occlusion_value=-1.0)
+    assert background["occlusion_value"] == -1.0
+    assert background["accuracy_learned_T2"] == evaluated["accuracy_learned_T2"]  # only occlusion changes
     assert figures.figure4(tmp_path, tmp_path, 2).stat().st_size > 0
 
 

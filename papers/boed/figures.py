@@ -24,15 +24,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from core.cli import main_guard  # noqa: E402
 from core.errors import UserError  # noqa: E402
+from core.figures import plt, save_figure  # noqa: E402
 from core.glimpse import lattice_top_left  # noqa: E402
 from papers.boed.design import candidate_masks  # noqa: E402
 
@@ -68,11 +65,7 @@ def fig2(summaries: list[dict], out: Path) -> Path:
         ax.set_yticks([])
         fig.colorbar(im, ax=ax, fraction=0.046)
     fig.suptitle("First-glimpse EPE over the candidate lattice (nats; low = informative)", fontsize=10)
-    fig.tight_layout()
-    path = out / "fig2_first_epe.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "fig2_first_epe.png")
 
 
 def fig5(summaries: list[dict], out: Path) -> Path:
@@ -96,11 +89,7 @@ def fig5(summaries: list[dict], out: Path) -> Path:
     ax2.set_xlabel("training iteration")
     ax2.set_ylabel("validation accuracy (mean over nets)")
     ax2.legend(fontsize=8)
-    fig.tight_layout()
-    path = out / "fig5_iterations.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "fig5_iterations.png")
 
 
 def fig6(summaries: list[dict], out: Path) -> Path:
@@ -125,11 +114,7 @@ def fig6(summaries: list[dict], out: Path) -> Path:
             if t == 0:
                 ax.set_ylabel(f"{names[k]}\n{cond}", fontsize=7)
     fig.suptitle("Fraction of test glimpses covering each pixel", fontsize=10)
-    fig.tight_layout()
-    path = out / "fig6_heatmaps.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "fig6_heatmaps.png", dpi=110)
 
 
 def fig7(summaries: list[dict], out: Path) -> Path:
@@ -151,11 +136,7 @@ def fig7(summaries: list[dict], out: Path) -> Path:
     ax.set_xlabel("multiplications per image")
     ax.set_ylabel("test accuracy (%)")
     ax.legend(fontsize=6, ncol=2)
-    fig.tight_layout()
-    path = out / "fig7_flops.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "fig7_flops.png")
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

@@ -1,6 +1,6 @@
 """Evaluate Saccader, its location policies and DRAM (sec. 4, Figs. 3-5).
 
-    python papers/saccader/evaluate.py --run-dir DIR [--images 8]
+    python papers/saccader/evaluate.py --run-dir DIR [--images 8] [--occlusion-value 0]
 
 DIR is a train.py output directory (config.json + one folder per stage with checkpoints/). The CLI
 reloads the trained networks, recomputes every metric of train.py's final evaluation on the test set
@@ -11,7 +11,7 @@ Metrics (per example, averaged over the test set), for a policy P and k glimpses
   accuracy_P_Tk            the prediction from the first k glimpses is right (Fig. 3a);
   coverage_P_Tk            fraction of the image inside the union of the k 77 px fields (Fig. 3b, 5a);
   occluded_accuracy_P_Tk   a whole-image classifier is right on the image with those fields set to 0
-                           (sec. 4.2, Fig. 5b);
+                           (sec. 4.2, Fig. 5b; --occlusion-value sets another value);
   parts_seen_P_Tk          fraction of the two key digits lying whole inside some field (CPU task only).
 """
 
@@ -60,16 +60,17 @@ def parts_seen(boxes: Tensor, parts: Tensor) -> Tensor:
 
 
 def glimpse_metrics(name: str, boxes: Tensor, predictions: Tensor, targets: Tensor, images: Tensor,
-                    counts: list[int], classifier: nn.Module | None = None,
-                    parts: Tensor | None = None) -> dict[str, Tensor]:
+                    counts: list[int], classifier: nn.Module | None = None, parts: Tensor | None = None,
+                    occlusion_value: float = 0.0) -> dict[str, Tensor]:
     """Per-example metrics of one policy: boxes (B, T, 4) of its fields in glimpse order, predictions
-    (B, T) its class after 1..T glimpses; `classifier` adds the occlusion analysis, `parts` parts_seen."""
+    (B, T) its class after 1..T glimpses; `classifier` adds the occlusion analysis (fields set to
+    `occlusion_value`), `parts` parts_seen."""
     out = {}
     for k in counts:
         out[f"accuracy_{name}_T{k}"] = (predictions[:, k - 1] == targets).float()
         out[f"coverage_{name}_T{k}"] = coverage(boxes[:, :k], images.shape[-2:]).float()
         if classifier is not None:
-            occluded = classifier(occlude(images, boxes[:, :k]))
+            occluded = classifier(occlude(images, boxes[:, :k], occlusion_value))
             out[f"occluded_accuracy_{name}_T{k}"] = (occluded.argmax(1) == targets).float()
         if parts is not None:
             out[f"parts_seen_{name}_T{k}"] = parts_seen(boxes[:, :k], parts)
@@ -95,12 +96,13 @@ def dram_glimpses(model: nn.Module, images: Tensor, num_glimpses: int) -> tuple[
 
 
 def make_eval_fn(cfg: SaccaderConfig, names: list[str], classifier: nn.Module | None = None,
-                 whole_image: bool = False):
+                 whole_image: bool = False, occlusion_value: float = 0.0):
     """eval_fn(model, batch) -> per-example metrics, for core.train.train.
 
     names: the policies to evaluate; for a Saccader "learned" (its own cell) or any engineered policy of
     policies.py, renamed by LEARNED_NAME-style aliases "alias=policy"; for DRAM ["learned"].
-    whole_image: also the representation network's accuracy from all locations (eq. 4's prediction)."""
+    whole_image: also the representation network's accuracy from all locations (eq. 4's prediction).
+    occlusion_value: what the occlusion analysis sets the attended fields to (paper: 0)."""
     counts = sorted(set(cfg.eval_glimpses))
 
     def eval_fn(model, batch):
@@ -109,14 +111,16 @@ def make_eval_fn(cfg: SaccaderConfig, names: list[str], classifier: nn.Module | 
         out = {}
         if cfg.model == "dram":
             boxes, predictions = dram_glimpses(model, images, max(counts))
-            return glimpse_metrics("learned", boxes, predictions, targets, images, counts, classifier, parts)
+            return glimpse_metrics("learned", boxes, predictions, targets, images, counts, classifier, parts,
+                                   occlusion_value)
         logits_map = model.backbone.forward_features(images)["logits_map"]
         if whole_image:
             out["accuracy_all_locations"] = (logits_map.mean((2, 3)).argmax(1) == targets).float()
         for entry in names:
             alias, _, policy = entry.partition("=")
             boxes, predictions = saccader_glimpses(model, policy or alias, images, max(counts), logits_map)
-            out |= glimpse_metrics(alias, boxes, predictions, targets, images, counts, classifier, parts)
+            out |= glimpse_metrics(alias, boxes, predictions, targets, images, counts, classifier, parts,
+                                   occlusion_value)
         return out
 
     return eval_fn
@@ -141,7 +145,7 @@ def load_stage(model: nn.Module, stage_dir: Path) -> nn.Module:
     return model.eval()
 
 
-def evaluate_run(run_dir: str, num_images: int = 8) -> dict[str, float]:
+def evaluate_run(run_dir: str, num_images: int = 8, occlusion_value: float = 0.0) -> dict[str, float]:
     from papers.saccader.train import build_datasets  # train.py imports this module
 
     run = Path(run_dir)
@@ -157,16 +161,17 @@ def evaluate_run(run_dir: str, num_images: int = 8) -> dict[str, float]:
     evaluations = []  # (model, eval_fn, policies for the overlays)
     if cfg.model == "dram":
         dram = load_stage(build_model(cfg), run / "policy")
-        evaluations.append((dram, make_eval_fn(cfg, [], classifier), []))
+        evaluations.append((dram, make_eval_fn(cfg, [], classifier, occlusion_value=occlusion_value), []))
     else:
         representation = load_stage(build_model(cfg), run / "representation")
-        evaluations.append((representation, make_eval_fn(cfg, list(cfg.eval_policies), classifier, True),
-                            list(cfg.eval_policies)))
+        evaluations.append((representation, make_eval_fn(cfg, list(cfg.eval_policies), classifier, True,
+                                                         occlusion_value), list(cfg.eval_policies)))
         for variant in cfg.variants:
             model = build_model(cfg, attention_network=variant != "no_attention_network")
             name = LEARNED_NAME[variant]
             evaluations.append((load_stage(model, run / variant / "policy"),
-                                make_eval_fn(cfg, [f"{name}=learned"], classifier), [name]))
+                                make_eval_fn(cfg, [f"{name}=learned"], classifier,
+                                             occlusion_value=occlusion_value), [name]))
     metrics, sums, n = {}, {}, 0
     glimpses = {"images": None, "boxes": {}}
     with torch.no_grad():
@@ -186,6 +191,8 @@ def evaluate_run(run_dir: str, num_images: int = 8) -> dict[str, float]:
                                                  images, max(cfg.eval_glimpses))
                 glimpses["boxes"][name] = boxes
     metrics = {k: v / n for k, v in sums.items()}
+    if classifier is not None:
+        metrics["occlusion_value"] = occlusion_value
     save_result(run / "evaluation.json", metrics)
     torch.save(glimpses, run / "glimpses.pt")
     return metrics
@@ -195,8 +202,11 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--images", type=int, default=8, help="test canvases stored with their glimpses")
+    parser.add_argument("--occlusion-value", type=float, default=0.0, metavar="V",
+                        help="value of the occluded pixels in the classifier's [-1, 1] input (paper: 0, mid "
+                             "grey on ImageNet; -1 is the CPU canvases' background)")
     args = parser.parse_args(argv)
-    return main_guard(evaluate_run, args.run_dir, args.images)
+    return main_guard(evaluate_run, args.run_dir, args.images, args.occlusion_value)
 
 
 if __name__ == "__main__":

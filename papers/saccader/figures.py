@@ -30,15 +30,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
 
 from core.cli import main_guard  # noqa: E402
 from core.errors import UserError  # noqa: E402
+from core.figures import plt, save_figure  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 # (run, policy) -> label, colour, marker; the policy is the metric's middle part.
@@ -69,9 +66,14 @@ def _trained_glimpses(result: dict) -> int | None:
     return next((v for v in values if v), None)
 
 
+def _legend_right(source, target) -> None:
+    """`source`'s legend to the right of `target`, where it hides no curve or reference point."""
+    target.legend(*source.get_legend_handles_labels(), fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+
+
 def figure3(result: dict, out: Path) -> Path:
     metrics = result["metrics"]
-    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(13, 4))
     for (run, policy), (label, color, marker) in CURVES.items():
         for ax, kind in ((ax_a, "accuracy"), (ax_b, "coverage")):
             x, y, err = curve(metrics, run, kind, policy)
@@ -88,17 +90,14 @@ def figure3(result: dict, out: Path) -> Path:
             ax.axvline(t, color="k", linestyle=":", linewidth=1)
     ax_a.set(xlabel="number of glimpses", ylabel="top-1 accuracy (%)", title="(a) accuracy")
     ax_b.set(xlabel="number of glimpses", ylabel="image area covered (%)", title="(b) coverage")
-    ax_a.legend(fontsize=7)
+    _legend_right(ax_a, ax_b)
     fig.suptitle(f"Saccader, {result.get('scale', '')} scale (paper Fig. 3)")
-    fig.tight_layout()
-    fig.savefig(out / "figure3.png", dpi=120)
-    plt.close(fig)
-    return out / "figure3.png"
+    return save_figure(fig, out / "figure3.png")
 
 
 def figure5(result: dict, out: Path) -> Path:
     metrics = result["metrics"]
-    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_a, ax_b) = plt.subplots(1, 2, figsize=(13, 4))
     for (run, policy), (label, color, marker) in CURVES.items():
         _, acc, _ = curve(metrics, run, "accuracy", policy)
         _, cov, _ = curve(metrics, run, "coverage", policy)
@@ -111,12 +110,9 @@ def figure5(result: dict, out: Path) -> Path:
     ax_a.set(xlabel="image area covered (%)", ylabel="top-1 accuracy (%)", title="(a) accuracy vs area")
     ax_b.set(xlabel="number of occluded glimpses", ylabel="whole-image classifier accuracy (%)",
              title="(b) glimpses occluded")
-    ax_a.legend(fontsize=7)
+    _legend_right(ax_a, ax_b)
     fig.suptitle(f"Saccader, {result.get('scale', '')} scale (paper Fig. 5)")
-    fig.tight_layout()
-    fig.savefig(out / "figure5.png", dpi=120)
-    plt.close(fig)
-    return out / "figure5.png"
+    return save_figure(fig, out / "figure5.png")
 
 
 def figure_supp3(result: dict, out: Path) -> Path:
@@ -132,10 +128,7 @@ def figure_supp3(result: dict, out: Path) -> Path:
                         capsize=2)
     ax.set(xlabel="number of glimpses", ylabel="top-1 accuracy (%)", title="paper Fig. Supp.3")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out / "figure_supp3.png", dpi=120)
-    plt.close(fig)
-    return out / "figure_supp3.png"
+    return save_figure(fig, out / "figure_supp3.png")
 
 
 # (stage in train.py's metrics.jsonl, logged statistic) -> panel; the stage prefix names the variant.
@@ -177,10 +170,7 @@ def figure_training(logs: Path, out: Path) -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
     fig.suptitle(f"training curves, mean over seeds ({logs})", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "training.png", dpi=120)
-    plt.close(fig)
-    return out / "training.png"
+    return save_figure(fig, out / "training.png")
 
 
 def figure4(run_dir: Path, out: Path, num_glimpses: int | None = None) -> Path:
@@ -207,10 +197,7 @@ def figure4(run_dir: Path, out: Path, num_glimpses: int | None = None) -> Path:
             if col == 0:
                 ax.set_ylabel(name, fontsize=7)
     fig.suptitle(f"first {num_glimpses or 'all'} glimpses per policy (red = first; paper Fig. 4)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(out / "figure4.png", dpi=120)
-    plt.close(fig)
-    return out / "figure4.png"
+    return save_figure(fig, out / "figure4.png")
 
 
 def make_figures(results_dir: str, scale: str, out_dir: str | None, run_dir: str | None = None,

@@ -20,14 +20,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from core.cli import main_guard  # noqa: E402
 from core.errors import UserError  # noqa: E402
+from core.figures import plt, save_figure  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_STYLE = {"tnet": ("TNet", "C0", "o"), "tnet_noreg": ("TNet, no per-feature reg.", "C3", "s"),
@@ -90,12 +87,7 @@ def figure2(results_dir: Path, out: Path) -> Path:
     paper_panel(axes[0, 0], paper)
     if ours:
         ours_panel(axes[0, 1], ours)
-    fig.tight_layout()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "figure2.png"
-    fig.savefig(path, dpi=130)
-    plt.close(fig)
-    return path
+    return save_figure(fig, out / "figure2.png", dpi=130)
 
 
 def draw_overlays(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tensor, boxes: list[torch.Tensor],
@@ -118,12 +110,7 @@ def draw_overlays(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tenso
                                            edgecolor=colors[level % len(colors)]))
         ax.set_title(f"{int(labels[i])}/{int(preds[i])}", fontsize=8,
                      color="black" if int(labels[i]) == int(preds[i]) else "red")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(path), dpi=110)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,14 +19,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core.cli import fail, main_guard  # noqa: E402
 from core.errors import UserError  # noqa: E402
+from core.figures import plt, save_figure  # noqa: E402
 
 # run name in reproductions/wsram.toml -> legend label (Fig. 2 / Fig. 3 of the paper)
 FIG2_RUNS = {"var": "VAR", "var_c": "VAR+c", "wsram": "WS-RAM", "wsram_c": "WS-RAM+c",
@@ -78,10 +75,7 @@ def figure2(logs: Path, path: Path) -> Path:
         ax.set(xlabel="thousands of updates", title=title, yscale=yscale)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"WS-RAM Fig. 2, {logs.name.removesuffix('-logs')} scale", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def figure3(logs: Path, path: Path) -> Path:
@@ -90,10 +84,7 @@ def figure3(logs: Path, path: Path) -> Path:
         _plot(ax, *load_curves(logs, run)["train_error"], label)
     ax.set(xlabel="thousands of updates", ylabel="training error", title="exploration heuristics (Fig. 3)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> list[Path]:

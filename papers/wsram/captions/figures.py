@@ -18,14 +18,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from core.cli import fail, main_guard  # noqa: E402
 from core.errors import UserError  # noqa: E402
+from core.figures import plt, save_figure  # noqa: E402
 
 # run name in reproductions/wsram-captions.toml -> legend label (Fig. 4 uses Fig. 3's labels)
 RUNS = {"var": "VAR", "var_c": "VAR+c", "wsram": "WS-RAM", "wsram_c": "WS-RAM+c", "wsram_q": "WS-RAM+q",
@@ -60,10 +57,7 @@ def figure4(logs: Path, path: Path, reference: float | None = None) -> Path:
     ax.set(xlabel="updates", ylabel="training NLL per word (nats)",
            title=f"WS-RAM Fig. 4, {logs.name.removesuffix('-logs')} scale")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 def _unigram_reference(logs: Path) -> float | None:
