@@ -61,6 +61,6 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(name="model-facts")
 def model_facts(session: nox.Session) -> None:
-    """Paper-scale parameter counts and multiplications, checked against results/model-facts/paper.json."""
+    """Parameter counts and multiplications, checked exactly against results/model-facts/{paper,cpu}.json."""
     _install(session)
     session.run("python", "reproductions/model_facts.py", *session.posargs)

@@ -18,12 +18,14 @@ by the generated tables, so README numbers never drift from stored results.
 A paper-reported value names ours with `"ours": {"result": "<paper>/<scale>", "metric": "<name>",
 "kind": "exact|absolute|relative|ratio", "tol": x}`; a model row of ours is every run of a result file
 that reports the metric `accuracy` or `test_accuracy` (and optionally `mults`, `glimpses`, `coverage`;
-see `run_axes`).
+see `run_axes`). A run whose training does not measure its multiplications takes them from
+results/model-facts/cpu.json (reproductions/model_facts.py), counted on the model its stored config builds.
 """
 
 import argparse
 import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -120,6 +122,24 @@ def run_axes(result: dict, run: str) -> dict:
             "glimpses": glimpses, "coverage": coverage}
 
 
+COUNTED_MULTS = "model-facts/cpu"
+
+
+def _counted_mults(ours: dict, name: str, run: str) -> float | None:
+    """Multiplications per image of a run of result `name`, as reproductions/model_facts.py counted them."""
+    entry = ours.get(COUNTED_MULTS, {}).get("metrics", {}).get(f"{name.removesuffix('/cpu')}/cpu/{run}/mults")
+    return entry["mean"] if entry else None
+
+
+def _axes(ours: dict, name: str, run: str) -> tuple[dict, bool]:
+    """(run_axes, whether `mults` came from the counted model facts)."""
+    axes = run_axes(ours[name], run)
+    if axes["mults"] is None and name.endswith("/cpu"):
+        axes["mults"] = _counted_mults(ours, name, run)
+        return axes, axes["mults"] is not None
+    return axes, False
+
+
 def _runs(result: dict) -> list[str]:
     """Runs of a result that report an accuracy."""
     keys = result.get("metrics", {})
@@ -144,14 +164,17 @@ def model_rows(reported: dict, ours: dict) -> list[dict]:
         configs = result.get("provenance", {}).get("configs", {})
         for run in _runs(result):
             resolved = (configs.get(run) or {}).get("resolved") or {}
+            axes, counted = _axes(ours, name, run)
+            source = f"results/{name}.json" + (f"; mults: results/{COUNTED_MULTS}.json" if counted else "")
             rows.append(
                 {
                     "scale": result.get("scale", name.split("/")[1]),
                     "paper": result.get("paper", name),
                     "model": run,
-                    "dataset": resolved.get("dataset", ""),
-                    **run_axes(result, run),
-                    "source": f"results/{name}.json",
+                    # configs stored before a paper's `dataset` field existed name no dataset
+                    "dataset": resolved.get("dataset") or f"{result.get('paper', name)} task",
+                    **axes,
+                    "source": source,
                 }
             )
     return rows
@@ -181,7 +204,7 @@ def same_footing_rows(ours: dict) -> list[dict]:
 
     classes = set()
     for run in _runs(result):
-        axes = run_axes(result, run)
+        axes, _ = _axes(ours, SAME_FOOTING, run)
         accuracy = f"{run}/accuracy" if f"{run}/accuracy" in metrics else f"{run}/test_accuracy"
         row(run, metrics[accuracy], axes, run)
         glimpses = int(axes["glimpses"] or 0)
@@ -223,29 +246,47 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         writer.writerows(rows)
 
 
-def plot_models(rows: list[dict], path: Path) -> None:
+def plot_models(rows: list[dict], path: Path) -> list[tuple[str, str]]:
+    """Accuracy vs multiplications (TNet's Fig. 2 style), one panel per scale and dataset: accuracies of
+    different tasks, or of the papers' and our runs, never share axes. Paper-scale series are model
+    families, annotated with their number of glimpses; CPU-scale series are result files, annotated with
+    the run. Returns the panels' (scale, dataset)."""
     from core.figures import plt, save_figure  # matplotlib only when drawing
 
-    scales = sorted({r["scale"] for r in rows if r["accuracy"] is not None and r["mults"]})
-    if not scales:
-        return
-    fig, axes = plt.subplots(1, len(scales), figsize=(6 * len(scales), 4.5), squeeze=False)
-    for ax, scale in zip(axes[0], scales, strict=True):
-        for paper in sorted({r["paper"] for r in rows if r["scale"] == scale}):
-            pts = [
-                r
-                for r in rows
-                if r["scale"] == scale and r["paper"] == paper and r["accuracy"] is not None and r["mults"]
-            ]
-            ax.scatter([r["mults"] for r in pts], [r["accuracy"] for r in pts], label=paper)
+    points = [r for r in rows if r["accuracy"] is not None and r["mults"]]
+    panels = sorted({(r["scale"], r["dataset"]) for r in points}, key=lambda k: (k[0] != "paper", k))
+    if not panels:
+        return []
+    columns = min(3, len(panels))
+    lines = -(-len(panels) // columns)
+    fig, axes = plt.subplots(lines, columns, figsize=(6 * columns, 4.5 * lines), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (scale, dataset) in zip(axes.flat, panels, strict=False):
+        here = [r for r in points if (r["scale"], r["dataset"]) == (scale, dataset)]
+        series = {}
+        for r in here:
+            series.setdefault(r["model"].split()[0] if scale == "paper" else r["paper"], []).append(r)
+        for name, pts in sorted(series.items()):
+            # A paper's model family is one curve over glimpses; our runs of one result are separate points.
+            pts.sort(key=lambda r: r["mults"])
+            style = "o-" if scale == "paper" else "o"
+            ax.plot([r["mults"] for r in pts], [r["accuracy"] for r in pts], style, label=name)
             for r in pts:
-                ax.annotate(r["model"], (r["mults"], r["accuracy"]), fontsize=7)
-        ax.set_xscale("log")
+                note = r["model"] if scale != "paper" else "" if r["glimpses"] is None else str(r["glimpses"])
+                ax.annotate(note, (r["mults"], r["accuracy"]), fontsize=7, xytext=(3, 3),
+                            textcoords="offset points")
+        ax.set_xscale("log")  # whole decades, so that even close counts get labelled ticks
+        low = math.floor(math.log10(min(r["mults"] for r in here)) - 0.05)
+        high = math.ceil(math.log10(max(r["mults"] for r in here)) + 0.05)
+        ax.set_xlim(10**low, 10 ** max(high, low + 1))
         ax.set_xlabel("multiplications per image")
         ax.set_ylabel("top-1 accuracy")
-        ax.set_title(f"{scale} scale" + (" (papers' tables)" if scale == "paper" else " (our runs)"))
+        ax.set_title(f"{dataset or 'task not recorded'}, {scale} scale"
+                     + (" (papers' tables)" if scale == "paper" else " (our runs)"), fontsize=10)
         ax.legend(fontsize=8)
     save_figure(fig, path)
+    return panels
 
 
 def plot_same_footing(rows: list[dict], path: Path) -> None:

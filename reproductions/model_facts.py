@@ -1,22 +1,29 @@
-"""Paper-scale model facts, measured: parameter counts and multiplications of every paper-scale model whose
-paper (or TNet's Table 1, which also lists Saccader and DRAM) reports them. Writes
-results/model-facts/paper.json (with --update), which `python -m core.compare` sets beside the
-papers' numbers; without --update the measured facts are checked against that file, exactly.
+"""Model facts, measured, at two scales; `python -m core.compare` reads both.
+- paper: parameter counts and multiplications of every paper-scale model whose paper (or TNet's Table 1,
+  which also lists Saccader and DRAM) reports them -> results/model-facts/paper.json, set beside the
+  papers' numbers;
+- cpu: multiplications per image of every stored CPU-scale run whose training script does not measure
+  them (Saccader, DRAM, WS-RAM), on the model its stored resolved config builds, predicting as its
+  accuracy was measured -> results/model-facts/cpu.json, the common axes' `mults` for those runs.
+With --update the files are written; without, the measured facts are checked against them, exactly.
 
     python reproductions/model_facts.py [--update] [--results-dir results]      (nox -s model-facts)
 
 Parameters follow the papers' convention (parameters + BN moving statistics; models built on the meta
 device). Multiplications follow TNet's eq. 11 on one image (`core.metrics.count_multiplications`, via
 papers/tnet/flops.py for TNet and its baselines); Saccader and DRAM are measured in eval mode at 224 px
-with T glimpses. Deterministic: the same code gives the same numbers on any machine, so the file has one
+with T glimpses. Deterministic: the same code gives the same numbers on any machine, so each file has one
 "seed" and its check is exact. The tests assert the same counts (tests/test_tnet.py, test_saccader.py).
+A CPU fact goes stale when its result is stored again with another config; the check then fails.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -26,6 +33,7 @@ import torch
 
 from core.cli import main_guard
 from core.metrics import count_multiplications, count_parameters
+from core.reproduce import load_spec
 from core.results import (
     REPO_ROOT,
     aggregate,
@@ -35,11 +43,14 @@ from core.results import (
     provenance,
     save_result,
 )
+from papers.saccader.config import SaccaderConfig
 from papers.saccader.config import get_config as saccader_config
 from papers.saccader.model import build_model as build_saccader
 from papers.tnet.config import get_config as tnet_config
 from papers.tnet.flops import table
 from papers.tnet.model import build_model as build_tnet
+from papers.wsram.config import WSRAMConfig
+from papers.wsram.model import build_model as build_wsram
 
 TNET_CONFIGS = ("imagenet", "imagenet-bagnet77", "fmow", "fmow-efficientnet-b0")
 SACCADER_CONFIGS = ("imagenet", "imagenet-bagnet77-lowd", "imagenet-resnet-v2-50", "imagenet-dram")
@@ -51,7 +62,7 @@ def _params(build, config: str) -> int:
         return count_parameters(build(config))
 
 
-def measure() -> dict[str, float]:
+def measure_paper() -> dict[str, float]:
     facts: dict[str, float] = {}
     for name in TNET_CONFIGS:
         facts[f"tnet/{name}/params"] = _params(lambda n: build_tnet(tnet_config(n)), name)
@@ -72,23 +83,78 @@ def measure() -> dict[str, float]:
     return facts
 
 
+def _config(cls, resolved: dict):
+    """The dataclass config a stored run resolved to (JSON lists back to tuples)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in resolved.items() if k in names})
+
+
+def _saccader_mults(resolved: dict) -> int:
+    """Saccader or DRAM predicting from its trained number of glimpses, as its test_accuracy is measured."""
+    cfg = _config(SaccaderConfig, resolved)
+    model = build_saccader(cfg).eval()
+    images = torch.zeros(1, cfg.channels, cfg.image_size, cfg.image_size)
+    return count_multiplications(lambda x: model(x, cfg.train_glimpses), images)
+
+
+def _wsram_mults(resolved: dict) -> int:
+    """WS-RAM's prediction (the mean over num_samples glimpse sequences), as its accuracy is measured."""
+    cfg = _config(WSRAMConfig, resolved)
+    model = build_wsram(cfg).eval()
+    images = torch.zeros(1, 1, cfg.canvas, cfg.canvas)
+    return count_multiplications(lambda x: model.predict(x, cfg.num_samples), images)
+
+
+# Training scripts whose runs report an accuracy but no multiplications -> how to count them.
+CPU_COUNTERS: dict[str, Callable[[dict], int]] = {
+    "papers/saccader/train.py": _saccader_mults,
+    "papers/wsram/train.py": _wsram_mults,
+}
+
+
+def measure_cpu(results_dir: Path) -> dict[str, float]:
+    """'<spec paper>/cpu/<run>/mults' for every run of a stored CPU-scale result that CPU_COUNTERS covers."""
+    facts: dict[str, float] = {}
+    for spec_path in sorted((REPO_ROOT / "reproductions").glob("*.toml")):
+        spec = load_spec(spec_path, "cpu")
+        stored = results_dir / spec.paper / "cpu.json"
+        if not stored.is_file():
+            continue
+        result = load_result(stored)
+        configs, metrics = result["provenance"]["configs"], result["metrics"]
+        for run in spec.runs:
+            count = CPU_COUNTERS.get((run.script or spec.script).relative_to(REPO_ROOT).as_posix())
+            reports_accuracy = any(f"{run.name}/{m}" in metrics for m in ("accuracy", "test_accuracy"))
+            if count and reports_accuracy and f"{run.name}/mults" not in metrics:
+                facts[f"{spec.paper}/cpu/{run.name}/mults"] = count(configs[run.name]["resolved"])
+    return facts
+
+
+DESCRIPTIONS = {
+    "paper": "parameters and multiplications (eq. 11) of the paper-scale models, measured",
+    "cpu": "multiplications per image of the stored CPU-scale runs whose training does not measure them",
+}
+
+
 def run(results_dir: Path, update: bool) -> int:
-    start = time.perf_counter()
-    with torch.no_grad():
-        measured = aggregate([{k: float(v) for k, v in measure().items()}])
-    path = results_dir / "model-facts" / "paper.json"
-    if update:
-        save_result(path, {
-            "paper": "model-facts", "scale": "paper",
-            "description": "parameters and multiplications (eq. 11) of the paper-scale models, measured",
-            "provenance": provenance(wall_time_s=time.perf_counter() - start), "metrics": measured,
-            "claims": []})
-        print(f"stored {path} ({len(measured)} facts)")
-        return 0
-    rows = compare(measured, load_result(path)["metrics"], [])  # no tolerance: every fact is exact
-    print(format_comparison(rows, measured))
-    failed = [r.metric for r in rows if r.status != "PASS"]
-    print(f"\n{'FAIL: ' + ', '.join(failed) if failed else f'PASS: {len(rows)} facts as stored in {path}'}")
+    failed, checked = [], 0
+    for scale, measure in (("paper", measure_paper), ("cpu", lambda: measure_cpu(results_dir))):
+        start = time.perf_counter()
+        with torch.no_grad():
+            measured = aggregate([{k: float(v) for k, v in measure().items()}])
+        path = results_dir / "model-facts" / f"{scale}.json"
+        if update:
+            save_result(path, {"paper": "model-facts", "scale": scale, "description": DESCRIPTIONS[scale],
+                               "provenance": provenance(wall_time_s=time.perf_counter() - start),
+                               "metrics": measured, "claims": []})
+            print(f"stored {path} ({len(measured)} facts)")
+            continue
+        rows = compare(measured, load_result(path)["metrics"], [])  # no tolerance: every fact is exact
+        print(format_comparison(rows, measured))
+        failed += [r.metric for r in rows if r.status != "PASS"]
+        checked += len(rows)
+    if not update:
+        print(f"\n{'FAIL: ' + ', '.join(failed) if failed else f'PASS: {checked} facts as stored'}")
     return 1 if failed else 0
 
 

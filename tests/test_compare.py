@@ -4,7 +4,16 @@ import json
 
 import pytest
 
-from core.compare import README_END, README_START, main, render, update_readme
+from core.compare import (
+    README_END,
+    README_START,
+    load_store,
+    main,
+    model_rows,
+    plot_models,
+    render,
+    update_readme,
+)
 from core.errors import UserError
 
 
@@ -148,4 +157,25 @@ def test_same_footing_table_follows_the_stored_runs(tmp_path):
     assert "| saccader | saccader | 0.100 ± 0.100 | 0.100 / 0.100 / 0.100 |" in (
         tmp_path / "out" / "same_footing.md").read_text()
     models = (tmp_path / "out" / "models.md").read_text()
-    assert "| cpu | same-footing | saccader |  | 0.1 | - | 2 | 0.3 |" in models  # on the common axes too
+    assert "| cpu | same-footing | saccader | same-footing task | 0.1 | - | 2 | 0.3 |" in models
+
+
+def test_counted_multiplications_fill_the_common_axes(tmp_path):
+    """A run whose training does not measure its multiplications takes them from model-facts/cpu.json, says
+    so in its source, and lands in its task's panel of the accuracy-vs-multiplications figure."""
+    root = tmp_path / "results"
+    _store(root)
+    _same_footing(root)
+    (root / "model-facts").mkdir()
+    facts = {"same-footing/cpu/saccader/mults": {"per_seed": [2e7], "mean": 2e7, "std": 0.0}}
+    (root / "model-facts" / "cpu.json").write_text(json.dumps(
+        {"paper": "model-facts", "scale": "cpu", "provenance": {}, "metrics": facts, "claims": []}))
+    render(root, tmp_path / "out")
+    models = (tmp_path / "out" / "models.md").read_text()
+    assert ("| cpu | same-footing | saccader | same-footing task | 0.7 | 20,000,000 | 2 | 0.3 | "
+            "results/same-footing/cpu.json; mults: results/model-facts/cpu.json |") in models
+    assert "| saccader | saccader | 0.700 ± 0.100 | 0.600 / 0.700 / 0.800 | 2 | 0.3 | 20,000,000 | 130 |" in (
+        tmp_path / "out" / "same_footing.md").read_text()
+    rows = model_rows(*load_store(root))
+    assert plot_models(rows, tmp_path / "m.png") == [("paper", "ToySet"), ("cpu", "same-footing task"),
+                                                     ("cpu", "toy task")]

@@ -1,25 +1,56 @@
-"""reproductions/model_facts.py: paper-scale facts are stored with --update and then checked exactly."""
+"""reproductions/model_facts.py: facts are stored with --update and then checked exactly; the CPU-scale facts
+give every stored CPU-scale model its multiplications."""
 
 import json
+import shutil
 
 import pytest
 
+from core.compare import load_store, model_rows
 from core.results import REPO_ROOT, load_result
 from reproductions import model_facts
 
 
 @pytest.mark.unit
 def test_check_passes_on_stored_facts_and_fails_on_a_changed_one(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(model_facts, "measure", lambda: {"m/params": 5, "m/mults_T2": 7})
+    monkeypatch.setattr(model_facts, "measure_paper", lambda: {"m/params": 5, "m/mults_T2": 7})
+    monkeypatch.setattr(model_facts, "measure_cpu", lambda results_dir: {"p/cpu/r/mults": 3})
     assert model_facts.run(tmp_path, update=True) == 0
     stored = load_result(tmp_path / "model-facts" / "paper.json")
     assert stored["metrics"]["m/params"]["per_seed"] == [5.0] and stored["provenance"]["git_commit"]
+    assert load_result(tmp_path / "model-facts" / "cpu.json")["metrics"]["p/cpu/r/mults"]["mean"] == 3
     assert model_facts.run(tmp_path, update=False) == 0
-    assert "PASS: 2 facts" in capsys.readouterr().out
+    assert "PASS: 3 facts" in capsys.readouterr().out
 
-    monkeypatch.setattr(model_facts, "measure", lambda: {"m/params": 6, "m/mults_T2": 7})
+    monkeypatch.setattr(model_facts, "measure_paper", lambda: {"m/params": 6, "m/mults_T2": 7})
     assert model_facts.run(tmp_path, update=False) == 1  # exact: one parameter off fails
     assert "FAIL: m/params" in capsys.readouterr().out
+    monkeypatch.setattr(model_facts, "measure_paper", lambda: {"m/params": 5, "m/mults_T2": 7})
+    monkeypatch.setattr(model_facts, "measure_cpu", lambda results_dir: {"p/cpu/r/mults": 4})
+    assert model_facts.run(tmp_path, update=False) == 1  # a CPU fact gone stale fails too
+    assert "FAIL: p/cpu/r/mults" in capsys.readouterr().out
+
+
+@pytest.mark.unit
+def test_cpu_facts_count_the_runs_whose_training_does_not(tmp_path):
+    """WS-RAM's runs get counted multiplications (the random-glimpse baseline has no policy layers, so
+    fewer); TNet's runs measure their own, so they get none here."""
+    for paper in ("wsram", "tnet"):
+        (tmp_path / paper).mkdir()
+        shutil.copy(REPO_ROOT / "results" / paper / "cpu.json", tmp_path / paper / "cpu.json")
+    facts = model_facts.measure_cpu(tmp_path)
+    runs = {key.split("/")[2] for key in facts}
+    assert all(key.startswith("wsram/cpu/") for key in facts) and {"wsram_qc", "var", "random"} <= runs
+    assert 0 < facts["wsram/cpu/random/mults"] < facts["wsram/cpu/wsram_qc/mults"]
+
+
+@pytest.mark.unit
+def test_every_stored_cpu_model_has_its_multiplications():
+    """Stored results plus stored CPU facts put every CPU-scale model on the multiplications axis; a result
+    stored again without `nox -s model-facts -- --update` fails here."""
+    missing = [r["source"] + " " + r["model"] for r in model_rows(*load_store(REPO_ROOT / "results"))
+               if r["scale"] == "cpu" and not r["mults"]]
+    assert not missing
 
 
 @pytest.mark.unit
