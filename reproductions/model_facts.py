@@ -137,24 +137,29 @@ DESCRIPTIONS = {
 
 
 def run(results_dir: Path, update: bool) -> int:
-    failed, checked = [], 0
+    measured, seconds = {}, {}
     for scale, measure in (("paper", measure_paper), ("cpu", lambda: measure_cpu(results_dir))):
         start = time.perf_counter()
         with torch.no_grad():
-            measured = aggregate([{k: float(v) for k, v in measure().items()}])
-        path = results_dir / "model-facts" / f"{scale}.json"
-        if update:
-            save_result(path, {"paper": "model-facts", "scale": scale, "description": DESCRIPTIONS[scale],
-                               "provenance": provenance(wall_time_s=time.perf_counter() - start),
-                               "metrics": measured, "claims": []})
-            print(f"stored {path} ({len(measured)} facts)")
-            continue
-        rows = compare(measured, load_result(path)["metrics"], [])  # no tolerance: every fact is exact
-        print(format_comparison(rows, measured))
+            measured[scale] = aggregate([{k: float(v) for k, v in measure().items()}])
+        seconds[scale] = time.perf_counter() - start
+    paths = {scale: results_dir / "model-facts" / f"{scale}.json" for scale in measured}
+    if update:
+        # Provenance before either file is written, or the second would record a dirty tree.
+        records = {scale: provenance(wall_time_s=seconds[scale]) for scale in measured}
+        for scale, facts in measured.items():
+            save_result(paths[scale], {"paper": "model-facts", "scale": scale,
+                                       "description": DESCRIPTIONS[scale], "provenance": records[scale],
+                                       "metrics": facts, "claims": []})
+            print(f"stored {paths[scale]} ({len(facts)} facts)")
+        return 0
+    failed, checked = [], 0
+    for scale, facts in measured.items():
+        rows = compare(facts, load_result(paths[scale])["metrics"], [])  # no tolerance: every fact is exact
+        print(format_comparison(rows, facts))
         failed += [r.metric for r in rows if r.status != "PASS"]
         checked += len(rows)
-    if not update:
-        print(f"\n{'FAIL: ' + ', '.join(failed) if failed else f'PASS: {checked} facts as stored'}")
+    print(f"\n{'FAIL: ' + ', '.join(failed) if failed else f'PASS: {checked} facts as stored'}")
     return 1 if failed else 0
 
 
