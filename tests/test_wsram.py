@@ -221,6 +221,15 @@ def test_evaluate_reloads_the_run(smoke_run):
     assert 0 <= result["test_error"] <= 1 and 0 <= result["test_error_random_glimpses"] <= 1
 
 
+@pytest.mark.unit
+def test_evaluate_uses_the_runs_own_dataset():
+    """A run trained on another made task (the same-footing one) is evaluated on that task's test set."""
+    cfg = dataclasses.replace(get_config("smoke"), dataset="cluttered-mnist", canvas=64, test_size=4)
+    expected = train.build_datasets(cfg)[1]
+    got = evaluate.test_set(cfg, 4)
+    assert len(got) == 4 and torch.equal(got[0][0], expected[0][0]) and got[0][1] == expected[0][1]
+
+
 @pytest.mark.smoke
 def test_figures_from_logs(smoke_run, tmp_path):
     out, _ = smoke_run

@@ -12,6 +12,7 @@ used. Prints one JSON line:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -21,13 +22,14 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch
 from safetensors.torch import load_file
+from torch.utils.data import DataLoader
 
 from core.cli import main_guard
-from core.data.synthetic import TranslatedScaledMNIST
 from core.errors import UserError
 from core.train import checkpoint_steps
 from papers.wsram.config import WSRAMConfig
 from papers.wsram.model import WSRAM, build_model
+from papers.wsram.train import build_datasets
 
 
 def load_run(run_dir: Path) -> tuple[WSRAMConfig, WSRAM]:
@@ -46,16 +48,18 @@ def load_run(run_dir: Path) -> tuple[WSRAMConfig, WSRAM]:
     return cfg, model.eval()
 
 
+def test_set(cfg: WSRAMConfig, test_size: int):
+    """The run's own test set (its dataset, canvas and seed), with `test_size` examples."""
+    return build_datasets(dataclasses.replace(cfg, test_size=test_size))[1]
+
+
 @torch.no_grad()
 def test_errors(cfg: WSRAMConfig, model: WSRAM, num_samples: int, test_size: int, seed: int = 0,
                 batch_size: int = 250) -> dict[str, float]:
-    data = TranslatedScaledMNIST("test", test_size, canvas=cfg.canvas, scale_range=cfg.digit_scale,
-                                 seed=cfg.seed)
+    data = test_set(cfg, test_size)
     torch.manual_seed(seed)
     wrong = {"test_error": 0, "test_error_random_glimpses": 0}
-    for start in range(0, len(data), batch_size):
-        items = data.__getitems__(list(range(start, min(start + batch_size, len(data)))))
-        images, labels = torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
+    for images, labels in DataLoader(data, batch_size=batch_size):
         for key, random_glimpses in (("test_error", False), ("test_error_random_glimpses", True)):
             pred = model.predict(images, num_samples, random_glimpses=random_glimpses).argmax(-1)
             wrong[key] += (pred != labels).sum().item()
