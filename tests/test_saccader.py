@@ -303,6 +303,15 @@ def test_cli_rejects_unknown_config(capsys):
     assert capsys.readouterr().err.strip() == "error: unknown config 'nope'"
 
 
+def test_cli_rejects_evaluation_without_the_trained_glimpse_count(capsys):
+    """test_accuracy is the accuracy at train_glimpses, so evaluating without that count is refused."""
+    with pytest.raises(SystemExit) as e:
+        main(["--config", "smoke", "--set", "eval_glimpses=1,3"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip() == ("error: eval_glimpses 1,3 must include train_glimpses = 2 "
+                                               "(test_accuracy is the accuracy there)")
+
+
 @pytest.mark.smoke
 def test_ablations_spec_trains_both_ablations(tmp_path):
     """reproductions/saccader-ablations.toml: no attention network (Fig. Supp.3), patch classifier (4.3)."""
@@ -322,3 +331,29 @@ def test_patch_classifier_uses_the_configured_bn_decay():
     cfg = dataclasses.replace(get_config("smoke"), resnet_bn_decay=0.9)
     bns = [m for m in patch_classifier(cfg).modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(m.momentum == pytest.approx(0.1) for m in bns)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["imagenet", "imagenet-dram"])
+def test_paper_scale_train_and_eval_step(name, tmp_path):
+    """Every stage of the exact ImageNet config (Saccader: eqs. 4, 5, 6 and the whole-image classifier;
+    DRAM: both pretraining stages and the hybrid loss) takes one update at 224 px on a tiny image folder
+    made here (4 classes x 2 images per split), then the final evaluation runs."""
+    from PIL import Image
+
+    for split in ("train", "validation"):
+        for c in range(4):
+            folder = tmp_path / "data" / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(2):
+                pixels = torch.randint(0, 255, (250, 300, 3), dtype=torch.uint8).numpy()
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    stages = ("representation", "location", "policy", "dram_wide", "dram_narrow", "classifier")
+    overrides = [f"dataset={tmp_path / 'data'}", "batch_size=2", "eval_glimpses=1,6", "eval_policies=random",
+                 "occlusion_classifier=true", "log_every=1", "checkpoint_every=0",
+                 *(f"steps_{stage}=1" for stage in stages)]
+    metrics = main(["--config", name, "--output-dir", str(tmp_path / "out"),
+                    *(a for o in overrides for a in ("--set", o))])
+    assert 0 <= metrics["test_accuracy"] <= 1
+    assert metrics["test_accuracy"] == metrics["accuracy_learned_T6"]  # T = 6 (eq. 6, App. C)
+    assert 0 < metrics["coverage_learned_T6"] <= 1 and 0 <= metrics["occluded_accuracy_learned_T6"] <= 1

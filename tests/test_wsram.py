@@ -267,3 +267,15 @@ def test_accelerate_launch_two_processes(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "final_metrics.json").read_text())["steps"] == get_config("smoke").max_steps
+
+
+@pytest.mark.smoke
+def test_paper_config_trains_and_evaluates(tmp_path):
+    """The §5.1 config unchanged but for its length and data sizes: 100 px canvases, 256-unit layers,
+    M = 5, WS-RAM with its exploration heuristics."""
+    overrides = ["max_steps=2", "train_size=64", "test_size=16", "train_probe_size=8", "grad_probes=2",
+                 "log_every=1", "eval_every=0", "checkpoint_every=0"]
+    final = train.main(["--config", "paper", "--output-dir", str(tmp_path),
+                        *(a for o in overrides for a in ("--set", o))])
+    assert final["steps"] == 2 and final["glimpses"] == 4 and 0 <= final["accuracy"] <= 1
+    assert json.loads((tmp_path / "config.json").read_text())["canvas"] == 100

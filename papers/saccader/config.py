@@ -183,6 +183,9 @@ class SaccaderConfig:
             raise UserError("glimpse counts, mc_samples and batch_size must be >= 1")
         if not self.width > 0:
             raise UserError(f"width must be > 0, got {self.width}")
+        if self.model in ("saccader", "dram") and self.train_glimpses not in self.eval_glimpses:
+            raise UserError(f"eval_glimpses {','.join(map(str, self.eval_glimpses))} must include "
+                            f"train_glimpses = {self.train_glimpses} (test_accuracy is the accuracy there)")
         glimpse = self.dram_glimpse if self.model == "dram" else RECEPTIVE_FIELD
         if self.model != "resnet" and self.image_size < glimpse:
             raise UserError(f"image_size {self.image_size} is smaller than one {glimpse} px glimpse "
