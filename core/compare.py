@@ -125,18 +125,14 @@ def run_axes(result: dict, run: str) -> dict:
 COUNTED_MULTS = "model-facts/cpu"
 
 
-def _counted_mults(ours: dict, name: str, run: str) -> float | None:
-    """Multiplications per image of a run of result `name`, as reproductions/model_facts.py counted them."""
-    entry = ours.get(COUNTED_MULTS, {}).get("metrics", {}).get(f"{name.removesuffix('/cpu')}/cpu/{run}/mults")
-    return entry["mean"] if entry else None
-
-
 def _axes(ours: dict, name: str, run: str) -> tuple[dict, bool]:
-    """(run_axes, whether `mults` came from the counted model facts)."""
+    """(run_axes of a run of result `name`, whether its `mults` are the ones reproductions/model_facts.py
+    counted, for a run that does not measure its own)."""
     axes = run_axes(ours[name], run)
-    if axes["mults"] is None and name.endswith("/cpu"):
-        axes["mults"] = _counted_mults(ours, name, run)
-        return axes, axes["mults"] is not None
+    counted = ours.get(COUNTED_MULTS, {}).get("metrics", {}).get(f"{name}/{run}/mults")
+    if axes["mults"] is None and counted:
+        axes["mults"] = counted["mean"]
+        return axes, True
     return axes, False
 
 

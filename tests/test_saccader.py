@@ -335,21 +335,12 @@ def test_patch_classifier_uses_the_configured_bn_decay():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["imagenet", "imagenet-dram"])
-def test_paper_scale_train_and_eval_step(name, tmp_path):
+def test_paper_scale_train_and_eval_step(name, tmp_path, tiny_imagenet):
     """Every stage of the exact ImageNet config (Saccader: eqs. 4, 5, 6 and the whole-image classifier;
     DRAM: both pretraining stages and the hybrid loss) takes one update at 224 px on a tiny image folder
     made here (4 classes x 2 images per split), then the final evaluation runs."""
-    from PIL import Image
-
-    for split in ("train", "validation"):
-        for c in range(4):
-            folder = tmp_path / "data" / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(2):
-                pixels = torch.randint(0, 255, (250, 300, 3), dtype=torch.uint8).numpy()
-                Image.fromarray(pixels).save(folder / f"{i}.png")
     stages = ("representation", "location", "policy", "dram_wide", "dram_narrow", "classifier")
-    overrides = [f"dataset={tmp_path / 'data'}", "batch_size=2", "eval_glimpses=1,6", "eval_policies=random",
+    overrides = [f"dataset={tiny_imagenet}", "batch_size=2", "eval_glimpses=1,6", "eval_policies=random",
                  "occlusion_classifier=true", "log_every=1", "checkpoint_every=0",
                  *(f"steps_{stage}=1" for stage in stages)]
     metrics = main(["--config", name, "--output-dir", str(tmp_path / "out"),

@@ -385,21 +385,12 @@ def test_cli_rejects_unknown_config_in_one_line():
 
 
 @pytest.mark.slow
-def test_paper_scale_imagenet_train_and_eval_step(tmp_path):
+def test_paper_scale_imagenet_train_and_eval_step(tmp_path, tiny_imagenet):
     """One training step and one evaluation step of the full ImageNet config at 224 px on a tiny image
     folder made here (4 classes x 2 images)."""
-    from PIL import Image
-
     from papers.tnet.train import run
 
-    for split in ("train", "validation"):
-        for c in range(4):
-            d = tmp_path / "data" / split / f"class{c}"
-            d.mkdir(parents=True)
-            for i in range(2):
-                pixels = torch.randint(0, 255, (250, 300, 3), dtype=torch.uint8).numpy()
-                Image.fromarray(pixels).save(d / f"{i}.png")
-    cfg = dataclasses.replace(get_config("imagenet"), dataset=str(tmp_path / "data"), max_steps=1,
+    cfg = dataclasses.replace(get_config("imagenet"), dataset=str(tiny_imagenet), max_steps=1,
                               batch_size=2, eval_locs=("0", "3"), measure_cost=False)
     metrics = run(cfg, str(tmp_path / "out"))
     assert set(metrics) >= {"accuracy", "accuracy_locs0", "accuracy_locs3", "top5_locs3", "coverage"}
