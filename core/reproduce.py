@@ -282,8 +282,9 @@ class _Progress:
     def __init__(self, desc: str, total: int):
         self.desc, self.total, self.start = desc, total, time.perf_counter()
         self.last_line = self.start
-        self.bar = tqdm(total=total, desc=desc, bar_format=self.FORMAT, smoothing=0, dynamic_ncols=True,
-                        disable=not sys.stderr.isatty())
+        # shutil falls back to 80 columns where a terminal reports none (tqdm would then print nothing).
+        self.bar = tqdm(total=total, desc=desc, bar_format=self.FORMAT, smoothing=0,
+                        ncols=shutil.get_terminal_size().columns, disable=not sys.stderr.isatty())
 
     def write(self, line: str) -> None:
         self.bar.write(line, file=sys.stdout)
