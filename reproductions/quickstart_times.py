@@ -114,10 +114,11 @@ def run(results_dir: Path, update: bool, readme: Path | None) -> int:
     with tempfile.TemporaryDirectory(prefix="quickstart-") as tmp:
         clone = Path(tmp) / "repo"
         subprocess.run(["git", "clone", "--quiet", str(REPO_ROOT), str(clone)], check=True)
+        prov = provenance()  # now: the commit cloned, even if this checkout moves on meanwhile
         start = time.perf_counter()
         rows = time_commands(clone)
-    measured = {"paper": "quickstart", "scale": "cpu", "commands": rows,
-                "provenance": provenance(wall_time_s=time.perf_counter() - start)}
+    prov["wall_time_s"] = round(time.perf_counter() - start, 1)
+    measured = {"paper": "quickstart", "scale": "cpu", "commands": rows, "provenance": prov}
     table = markdown(measured, stored_reproductions(results_dir))
     print(table)
     if update:
