@@ -80,6 +80,10 @@ def stored_reproductions(results_dir: Path) -> list[dict]:
     return rows
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
 def markdown(measured: dict, stored: list[dict]) -> str:
     prov = measured["provenance"]
     lines = [f"Measured from a fresh clone of commit `{(prov['git_commit'] or '?')[:7]}` on "
@@ -88,10 +92,10 @@ def markdown(measured: dict, stored: list[dict]) -> str:
              "what the wall time would be on idle ones.", "",
              "| command | wall | CPU seconds | load average (before / after) |", "|---|---|---|---|"]
     for r in measured["commands"]:
-        lines.append(f"| {r['command']} | {r['wall_s'] / 60:.1f} min | {r['cpu_s']:.0f} | "
+        lines.append(f"| {r['command']} | {_duration(r['wall_s'])} | {r['cpu_s']:.0f} | "
                      f"{r['load_before']:.1f} / {r['load_after']:.1f} |")
     for r in stored:
-        wall = "-" if r["wall_s"] is None else f"{r['wall_s'] / 60:.1f} min"
+        wall = "-" if r["wall_s"] is None else _duration(r["wall_s"])
         cpu = "-" if r["cpu_s"] is None else f"{r['cpu_s']:.0f} ({r['cpu_s'] / 60 / (r['cores'] or 1):.1f} " \
             "min per core)"
         lines.append(f"| {r['command']} | {wall} | {cpu} | - |")

@@ -15,7 +15,8 @@ def _store(results: Path) -> None:
     measured = {"paper": "quickstart", "scale": "cpu", "provenance": {
         "git_commit": "abcdef0123", "machine": {"cpu_count": 2}, "created_utc": "2026-01-02T03:04:05Z"},
         "commands": [{"command": "`nox -s tests`", "wall_s": 150.0, "cpu_s": 280.0, "load_before": 0.1,
-                      "load_after": 1.9}]}
+                      "load_after": 1.9}, {"command": "start", "wall_s": 0.5, "cpu_s": 0.3,
+                                           "load_before": 0.0, "load_after": 0.0}]}
     (results / "quickstart" / "cpu.json").write_text(json.dumps(measured))
     (results / "tnet").mkdir()
     prov = {"wall_time_s": 1200.0, "cpu_time_s": 2160.0, "machine": {"cpu_count": 2}}
@@ -31,7 +32,7 @@ def test_readme_table_is_rewritten_from_stored_timings(tmp_path):
     text = readme.read_text()
     assert "old table" not in text and text.endswith(f"{README_END}\nafter\n")
     assert "commit `abcdef0` on 2 cores (2026-01-02)" in text
-    assert "| `nox -s tests` | 2.5 min | 280 | 0.1 / 1.9 |" in text
+    assert "| `nox -s tests` | 2.5 min | 280 | 0.1 / 1.9 |" in text and "| start | 0.5 s | 0 |" in text
     stored = "| `nox -s reproduce-tnet` (stored CPU-scale run) | 20.0 min | 2160 (18.0 min per core) | - |"
     assert stored in text
 
