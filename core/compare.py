@@ -242,12 +242,36 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         writer.writerows(rows)
 
 
+# A figure names models, not runs: "<spec>" -> {run name in reproductions/<spec>.toml: model}.
+MODEL_NAMES = {
+    "tnet": {"tnet": "TNet", "tnet_noreg": "TNet, no per-feature reg.",
+             "bagnet_full": "BagNet extractor, full res.", "bagnet_base": "BagNet extractor, base res."},
+    "saccader": {"saccader": "Saccader", "dram": "DRAM"},
+    "saccader-ablations": {"saccader": "Saccader (ablations run)"},
+    "same-footing": {"tnet": "TNet", "saccader": "Saccader", "dram": "DRAM", "wsram_qc": "WS-RAM+q+c"},
+    "wsram": {"var": "VAR", "var_c": "VAR+c", "wsram": "WS-RAM", "wsram_c": "WS-RAM+c", "wsram_q": "WS-RAM+q",
+              "wsram_qc": "WS-RAM+q+c", "var_c_noexplore": "VAR+c, no heuristics",
+              "wsram_qc_noexplore": "WS-RAM+q+c, no heuristics", "random": "random glimpses"},
+    "wsram-captions": {"var": "VAR captioner", "var_c": "VAR+c captioner", "wsram_q": "WS-RAM+q captioner",
+                       "wsram_qc": "WS-RAM+q+c captioner"},
+    "boed": {"supervision": "BOED net, partial supervision", "flops": "BOED net, adaptive stopping"},
+}
+
+
+def model_name(spec: str, run: str) -> str:
+    """The model a run of reproductions/<spec>.toml trains ("Saccader, random policy" for the evaluation of
+    its random policy); the run name if not listed."""
+    base, _, rest = run.partition(", ")
+    name = MODEL_NAMES.get(spec, {}).get(base, base)
+    return f"{name}, {rest}" if rest else name
+
+
 def plot_models(rows: list[dict], path: Path) -> list[tuple[str, str]]:
     """Accuracy vs multiplications (TNet's Fig. 2 style), one panel per scale and dataset: accuracies of
     different tasks, or of the papers' and our runs, never share axes. Paper-scale series are model
-    families, annotated with their number of glimpses; CPU-scale series are result files, annotated with
-    the run. Returns the panels' (scale, dataset)."""
-    from core.figures import plt, save_figure  # matplotlib only when drawing
+    families, each point labelled with its number of glimpses; CPU-scale points are our runs, each
+    labelled with its model, on a 0-1 accuracy axis. Returns the panels' (scale, dataset)."""
+    from core.figures import label_points, plt, save_figure  # matplotlib only when drawing
 
     points = [r for r in rows if r["accuracy"] is not None and r["mults"]]
     panels = sorted({(r["scale"], r["dataset"]) for r in points}, key=lambda k: (k[0] != "paper", k))
@@ -255,32 +279,39 @@ def plot_models(rows: list[dict], path: Path) -> list[tuple[str, str]]:
         return []
     columns = min(3, len(panels))
     lines = -(-len(panels) // columns)
-    fig, axes = plt.subplots(lines, columns, figsize=(6 * columns, 4.5 * lines), squeeze=False)
+    fig, axes = plt.subplots(lines, columns, figsize=(6.5 * columns, 4.8 * lines), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (scale, dataset) in zip(axes.flat, panels, strict=False):
         here = [r for r in points if (r["scale"], r["dataset"]) == (scale, dataset)]
-        series = {}
+        series, labels = {}, []
         for r in here:
             series.setdefault(r["model"].split()[0] if scale == "paper" else r["paper"], []).append(r)
         for name, pts in sorted(series.items()):
             # A paper's model family is one curve over glimpses; our runs of one result are separate points.
             pts.sort(key=lambda r: r["mults"])
             style = "o-" if scale == "paper" else "o"
-            ax.plot([r["mults"] for r in pts], [r["accuracy"] for r in pts], style, label=name)
+            ax.plot([r["mults"] for r in pts], [r["accuracy"] for r in pts], style,
+                    label=name if scale == "paper" else f"reproductions/{name}.toml")
             for r in pts:
-                note = r["model"] if scale != "paper" else "" if r["glimpses"] is None else str(r["glimpses"])
-                ax.annotate(note, (r["mults"], r["accuracy"]), fontsize=7, xytext=(3, 3),
-                            textcoords="offset points")
+                if scale != "paper":
+                    labels.append((r["mults"], r["accuracy"], model_name(r["paper"], r["model"])))
+                elif r["glimpses"] is not None:
+                    labels.append((r["mults"], r["accuracy"], str(r["glimpses"])))
         ax.set_xscale("log")  # whole decades, so that even close counts get labelled ticks
         low = math.floor(math.log10(min(r["mults"] for r in here)) - 0.05)
         high = math.ceil(math.log10(max(r["mults"] for r in here)) + 0.05)
         ax.set_xlim(10**low, 10 ** max(high, low + 1))
+        if scale != "paper":
+            ax.set_ylim(0, 1)
         ax.set_xlabel("multiplications per image")
         ax.set_ylabel("top-1 accuracy")
-        ax.set_title(f"{dataset or 'task not recorded'}, {scale} scale"
-                     + (" (papers' tables)" if scale == "paper" else " (our runs)"), fontsize=10)
-        ax.legend(fontsize=8)
+        source = "papers' tables; labels: glimpses" if scale == "paper" else \
+            f"our runs, reproductions/{next(iter(series))}.toml" if len(series) == 1 else "our runs"
+        ax.set_title(f"{dataset or 'task not recorded'}, {scale} scale ({source})", fontsize=10)
+        if scale == "paper" or len(series) > 1:
+            ax.legend(fontsize=7, loc="best")
+        label_points(ax, labels)
     save_figure(fig, path)
     return panels
 
@@ -301,8 +332,9 @@ def plot_same_footing(rows: list[dict], path: Path) -> None:
         if r["model"] == "chance":
             ax.axhline(float(r["accuracy"]), color="tab:red", linestyle="--", label="chance")
             ax.legend(fontsize=8)
-    ax.set_xticks(range(len(models)), [r["model"] for r in models], rotation=20, fontsize=8)
-    ax.set_ylabel("test accuracy")
+    ax.set_xticks(range(len(models)), [model_name("same-footing", r["model"]) for r in models], rotation=20,
+                  fontsize=8)
+    ax.set_ylabel("test accuracy (bars: seed mean; dots: seeds)")
     ax.set_ylim(0, 1)
     ax.set_title("same task, same CPU budget, 2 glimpses (CPU scale, our runs)", fontsize=9)
     save_figure(fig, path)

@@ -1,5 +1,6 @@
-"""Headless matplotlib for every figure script (no display on CI or cluster nodes) and one way to write a
-figure file."""
+"""Headless matplotlib for every figure script (no display on CI or cluster nodes), one way to write a
+figure file, and the two drawing rules every figure follows: point labels never overlap, and seeds are
+shown as points (a mean +- SD bar can leave the range a metric lives in)."""
 
 from pathlib import Path
 
@@ -8,14 +9,47 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["plt", "save_figure"]
+__all__ = ["label_points", "plt", "save_figure", "seed_points"]
 
 
-def save_figure(fig, path: str | Path, dpi: int = 120) -> Path:
-    """Lay out `fig`, write it to `path` (creating its folder) and close it; returns the path."""
+def save_figure(fig, path: str | Path, dpi: int = 120, layout: bool = True) -> Path:
+    """Lay out `fig` (unless the caller did, layout=False), write it to `path` (creating its folder) and
+    close it; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
+    if layout:
+        fig.tight_layout()
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
+
+
+def label_points(ax, points: list[tuple[float, float, str]], fontsize: float = 7, gap: float = 1.3) -> None:
+    """Write each (x, y, text) beside its point, pushing labels that would overlap apart vertically (with a
+    thin leader line to a moved label). Call after the axes' limits and scales are final."""
+    ax.autoscale_view()
+    fig = ax.figure
+    to_points = 72 / fig.dpi
+    placed: list[tuple[float, float, float]] = []  # (x, y, width) of labels placed, in points
+    height = gap * fontsize
+    for x, y, text in sorted(points, key=lambda p: (p[1], p[0])):
+        px, py = (v * to_points for v in ax.transData.transform((x, y)))
+        lx, ly, width = px + 4, py - fontsize / 2, 0.6 * fontsize * len(text)
+        for ox, oy, ow in sorted(placed, key=lambda p: p[1]):
+            if ox < lx + width and lx < ox + ow and oy - height < ly < oy + height:
+                ly = oy + height  # above the label it would overlap
+        placed.append((lx, ly, width))
+        moved = abs(ly - (py - fontsize / 2)) > 1
+        ax.annotate(text, (x, y), xytext=(4, ly - py + fontsize / 2), textcoords="offset points",
+                    fontsize=fontsize, va="center",
+                    arrowprops={"arrowstyle": "-", "lw": 0.6, "color": "0.4"} if moved else None)
+
+
+def seed_points(ax, xs: list[float], per_seed: list[list[float]], color, marker: str = "o",
+                scale: float = 1.0) -> None:
+    """One small hollow marker per seed at each x (per_seed[i] holds x_i's seeds, multiplied by `scale`),
+    beside a curve of the seed means that the caller draws in the same colour."""
+    pts = [(x, scale * v) for x, seeds in zip(xs, per_seed, strict=True) for v in seeds]
+    if pts:
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=16, marker=marker, facecolors="none",
+                   edgecolors=color, linewidths=0.8, alpha=0.8)

@@ -1,7 +1,7 @@
 """Metrics shared by the papers: accuracy, the papers' parameter and FLOP conventions, latency,
 peak memory, gradient-estimator variance (WS-RAM Fig. 2b) and iterations-to-convergence (BOED Fig. 5).
 
-Conventions (see /work/shared/REFERENCE.md):
+Conventions (see FACTS.md):
 - Parameters are counted like the papers' TensorFlow code: every variable, i.e. parameters plus
   batch-norm moving mean and variance (never `num_batches_tracked`).
 - FLOPs are *multiplications* like TNet eq. 11 (Cin*k*k*Hout*Wout*Cout for a conv): half of what

@@ -4,24 +4,32 @@
                              [--workdir DIR] [--results-dir DIR]
 
 Every (run, seed) of the scale is a subprocess `python <script> --config C --seed S --output-dir D --set ...`
-reading nothing but its CLI; the runner collects each run's final_metrics.json, aggregates over seeds,
-evaluates the claims and compares with results/<paper>/<scale>.json. Exit status 0 only if every run
-succeeded, every metric is within tolerance, every required claim holds and every claim has its stored
-outcome. --update (after all runs succeeded) stores the new numbers, provenance and per-run logs instead;
-nothing else ever writes the stored results. The spec format is described in notes/CONTRACT.md.
+reading nothing but its CLI; the runner shows overall progress with the running runs' current steps, collects
+each run's final_metrics.json, aggregates over seeds, evaluates the claims and compares with
+results/<paper>/<scale>.json. Exit status 0 only if every run succeeded with finite metrics, every metric is
+within tolerance, every required claim holds and every claim has its stored outcome. A scale checks the
+spec's claims whose runs it has, or only those its section lists (`claims = [...]`). The smoke scale is a
+wiring check of a few updates per run: it needs no stored results and passes on its own checks. --update
+(after all runs succeeded) stores the new numbers, provenance and per-run logs instead; nothing else ever
+writes the stored results.
 """
 
+import itertools
 import json
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from tqdm import tqdm
 
 from core.cli import ArgumentParser, main_guard
 from core.errors import UserError
@@ -41,6 +49,11 @@ from core.results import (
 )
 
 SCALES = ("smoke", "cpu", "paper")
+UNSTORED_SCALE = "smoke"
+"""The wiring check: with nothing stored for it, it passes on its runs, finite metrics and listed claims."""
+REFRESH_S = 1.0
+"""Seconds between progress updates on a terminal (a log file gets a status line every LOG_REFRESH_S)."""
+LOG_REFRESH_S = 60.0
 
 
 @dataclass
@@ -56,6 +69,7 @@ class Run:
 class Spec:
     paper: str
     description: str
+    """The scale's own description if its section has one, else the spec's."""
     script: Path
     scale: str
     seeds: list[int]
@@ -63,6 +77,9 @@ class Spec:
     runs: list[Run]
     tolerances: list[Tolerance]
     claims: list[dict]
+    """The claims this scale checks: those its section lists, else every claim whose runs it has."""
+    unchecked: int = 0
+    """How many of the spec's claims this scale does not check."""
 
 
 def load_spec(path: str | Path, scale: str) -> Spec:
@@ -95,9 +112,26 @@ def load_spec(path: str | Path, scale: str) -> Spec:
     names = [r.name for r in runs]
     if not runs or not seeds or len(set(names)) != len(names) or any("/" in n for n in names):
         raise UserError(f"{path}: scale {scale!r} needs seeds and runs with unique names without '/'")
-    return Spec(paper=data["paper"], description=data.get("description", ""),
+    checked = _scale_claims(path, scale, sc, claims, set(names))
+    return Spec(paper=data["paper"], description=sc.get("description", data.get("description", "")),
                 script=_repo_path(data["script"]), scale=scale, seeds=seeds,
-                jobs=int(sc.get("jobs", 1)), runs=runs, tolerances=tolerances, claims=claims)
+                jobs=int(sc.get("jobs", 1)), runs=runs, tolerances=tolerances, claims=checked,
+                unchecked=len(claims) - len(checked))
+
+
+def _scale_claims(path: Path, scale: str, section: dict, claims: list[dict], runs: set[str]) -> list[dict]:
+    """The claims a scale checks: those its section lists by id, else every claim whose runs it has."""
+    if "claims" not in section:
+        return [c for c in claims if claim_runs(c) <= runs]
+    by_id = {c["id"]: c for c in claims}
+    listed = [str(i) for i in section["claims"]]
+    for claim_id in listed:
+        if claim_id not in by_id:
+            raise UserError(f"{path}: [scales.{scale}] lists claim {claim_id!r}, which the spec lacks")
+        if not claim_runs(by_id[claim_id]) <= runs:
+            missing = ", ".join(sorted(claim_runs(by_id[claim_id]) - runs))
+            raise UserError(f"{path}: [scales.{scale}] lists claim {claim_id!r}, which needs runs {missing}")
+    return [by_id[i] for i in listed]
 
 
 def _repo_path(path: str) -> Path:
@@ -122,7 +156,7 @@ def run_one(spec: Spec, run: Run, seed: int, out_dir: Path, threads: int) -> dic
         cmd += ["--set", item]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p),
-           "TQDM_MININTERVAL": "30"}  # progress bars go to the log file: keep it readable
+           "TQDM_MININTERVAL": "2"}  # the runner shows the runs' steps from their logs
     log = out_dir / "run.log"
     start = time.perf_counter()
     with log.open("w") as f:
@@ -143,6 +177,10 @@ def run_one(spec: Spec, run: Run, seed: int, out_dir: Path, threads: int) -> dic
             metrics = json.loads(final.read_text())
             if not isinstance(metrics, dict) or not all(isinstance(v, int | float) for v in metrics.values()):
                 raise ValueError("not a flat {name: number} object")
+            if not metrics:
+                raise ValueError("no metrics")
+            if bad := [k for k, v in metrics.items() if not math.isfinite(v)]:
+                raise ValueError(f"not finite: {', '.join(bad)}")
         except ValueError as e:
             result["error"] = f"bad final_metrics.json ({e})"
         else:
@@ -173,22 +211,98 @@ def _store(spec: Spec, results_dir: Path, measured: dict, claims: list[dict], ou
     return save_result(paper_dir / f"{spec.scale}.json", result)
 
 
-def run_all(spec: Spec, workdir: Path, jobs: int, threads: int) -> tuple[dict, dict]:
-    """Run every (run, seed), `jobs` at a time, printing one line as each finishes.
+def run_all(spec: Spec, workdir: Path, jobs: int, threads: int,
+            expected_s: dict[str, float] | None = None) -> tuple[dict, dict]:
+    """Run every (run, seed), `jobs` at a time, printing one line as each finishes and, meanwhile, overall
+    progress with an ETA and each running run's current step. expected_s ("<run>/seed<seed>": seconds, from
+    the stored result) lets a running run count in the progress before it finishes.
     Returns ({(run, seed): run_one result}, {(run, seed): output dir})."""
     tasks = [(run, seed) for run in spec.runs for seed in spec.seeds]
     outputs = {(run.name, seed): workdir / run.name / f"seed{seed}" for run, seed in tasks}
-    results = {}
+    expected_s = expected_s or {}
+    started, results = {}, {}
+
+    def start(run: Run, seed: int) -> dict:
+        started[run.name, seed] = time.perf_counter()
+        return run_one(spec, run, seed, outputs[run.name, seed], threads)
+
+    progress = _Progress(f"{spec.paper} [{spec.scale}]", len(tasks))
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        futures = {pool.submit(run_one, spec, run, seed, outputs[run.name, seed], threads): (run.name, seed)
-                   for run, seed in tasks}
-        for done, future in enumerate(as_completed(futures), 1):
-            (name, seed) = key = futures[future]
-            r = results[key] = future.result()
-            status = "ok" if r["ok"] else f"FAILED ({r['error']}; log: {r['log']})"
-            print(f"[{done}/{len(futures)}] {name} seed {seed}: {status} in {r['wall_s']:.1f}s "
-                  f"({r['cpu_s']:.1f} CPU-s)", flush=True)
+        futures = {pool.submit(start, run, seed): (run.name, seed) for run, seed in tasks}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, timeout=REFRESH_S, return_when=FIRST_COMPLETED)
+            for future in done:
+                (name, seed) = key = futures[future]
+                r = results[key] = future.result()
+                status = "ok" if r["ok"] else f"FAILED ({r['error']}; log: {r['log']})"
+                progress.write(f"[{len(results)}/{len(futures)}] {name} seed {seed}: {status} in "
+                               f"{r['wall_s']:.1f}s ({r['cpu_s']:.1f} CPU-s)")
+            now, fraction, steps = time.perf_counter(), float(len(results)), []
+            for (name, seed), t0 in list(started.items()):
+                if (name, seed) in results:
+                    continue
+                if f"{name}/seed{seed}" in expected_s:
+                    fraction += min(0.95, (now - t0) / max(expected_s[f"{name}/seed{seed}"], 1e-9))
+                step = current_step(outputs[name, seed] / "run.log")
+                steps.append(f"{name} s{seed} {_clock(now - t0)}{' ' + step if step else ''}")
+            progress.update(fraction, "; ".join(steps))
+    progress.close()
     return results, outputs
+
+
+_BAR = re.compile(r"([^\r\n|]*?): *\d+%\|[^|\r\n]*\| *(\d+)/(\d+)")
+
+
+def current_step(log: Path) -> str:
+    """A run's current step from the last progress bar in its log ("train 450/1000"; from its second bar
+    on, "stage 2: train 450/1000"); empty before the first bar."""
+    try:
+        bars = [(m[1].strip(), int(m[2]), int(m[3])) for m in _BAR.finditer(log.read_text(errors="replace"))]
+    except OSError:
+        return ""
+    if not bars:
+        return ""
+    # A new bar: another description or total, or a count that went back.
+    stage = 1 + sum(b[0] != a[0] or b[2] != a[2] or b[1] < a[1] for a, b in itertools.pairwise(bars))
+    desc, n, total = bars[-1]
+    return f"{f'stage {stage}: ' if stage > 1 else ''}{desc} {n}/{total}"
+
+
+def _clock(seconds: float) -> str:
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
+
+
+class _Progress:
+    """Runs done (fractional while running) with an ETA, and the running runs' steps, on one line: a tqdm
+    bar on a terminal, else (a log file) a status line every LOG_REFRESH_S."""
+
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar:10}| {n:.1f}/{total_fmt} runs [{elapsed}<{remaining}]{postfix}"
+
+    def __init__(self, desc: str, total: int):
+        self.desc, self.total, self.start = desc, total, time.perf_counter()
+        self.last_line = self.start
+        # shutil falls back to 80 columns where a terminal reports none (tqdm would then print nothing).
+        self.bar = tqdm(total=total, desc=desc, bar_format=self.FORMAT, smoothing=0,
+                        ncols=shutil.get_terminal_size().columns, disable=not sys.stderr.isatty())
+
+    def write(self, line: str) -> None:
+        self.bar.write(line, file=sys.stdout)
+        sys.stdout.flush()
+
+    def update(self, done: float, running: str) -> None:
+        if not self.bar.disable:
+            self.bar.set_postfix_str(running, refresh=False)
+            self.bar.update(max(0.0, done - self.bar.n))  # refreshes
+            return
+        now = time.perf_counter()
+        if running and now - self.last_line >= LOG_REFRESH_S:
+            self.last_line = now
+            print(tqdm.format_meter(done, self.total, now - self.start, prefix=self.desc, postfix=running,
+                                    bar_format=self.FORMAT), flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def check(spec: Spec, measured: dict, claims: list[dict], stored: dict | None) -> list[str]:
@@ -198,7 +312,8 @@ def check(spec: Spec, measured: dict, claims: list[dict], stored: dict | None) -
     if stored is None:
         table = [[k, v["mean"], ", ".join(fmt(x) for x in v["per_seed"])] for k, v in measured.items()]
         print(format_table(["metric", "measured", "per seed"], table))
-        problems = ["nothing stored to compare with (run with --update to store these results)"]
+        problems = [] if spec.scale == UNSTORED_SCALE else [
+            "nothing stored to compare with (run with --update to store these results)"]
     else:
         rows = compare(measured, stored.get("metrics", {}), spec.tolerances)
         print(format_comparison(rows, measured))
@@ -209,11 +324,11 @@ def check(spec: Spec, measured: dict, claims: list[dict], stored: dict | None) -
     if claims:
         print("\nclaims")
         print(format_claims(claims, stored_claims))
-    names = {r.name for r in spec.runs}
-    for c in spec.claims:
-        if not claim_runs(c) <= names:
-            missing = ", ".join(sorted(claim_runs(c) - names))
-            print(f"  claim {c['id']} skipped at this scale: needs runs {missing}")
+    if spec.unchecked:
+        smoke = spec.scale == UNSTORED_SCALE
+        why = " (a few updates learn nothing; --scale cpu checks them)" if smoke else ""
+        total = spec.unchecked + len(claims)
+        print(f"\n{spec.unchecked} of the spec's {total} claims not checked at this scale{why}")
     for c in claims if stored_claims is not None else []:
         if c["id"] not in stored_claims:
             problems.append(f"claim {c['id']} not stored")
@@ -243,11 +358,14 @@ def main(argv: list[str] | None = None) -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // jobs)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"reproduce-{spec.paper}-{spec.scale}-"))
-    print(f"{spec.paper} [{spec.scale}]: {spec.description}\n{len(spec.runs) * len(spec.seeds)} runs, "
-          f"{jobs} at a time, {threads} thread(s) each, outputs in {workdir}", flush=True)
+    stored_path = args.results_dir / spec.paper / f"{spec.scale}.json"
+    stored = load_result(stored_path) if stored_path.exists() else None
+    print(f"{spec.paper} [{spec.scale}]: {spec.description}\n{len(spec.runs)} runs x {len(spec.seeds)} "
+          f"seeds, {jobs} at a time, {threads} thread(s) each; run outputs (config.json, metrics.jsonl, "
+          f"final_metrics.json, run.log) in {workdir}/<run>/seed<seed>/", flush=True)
 
     start = time.perf_counter()
-    results, outputs = run_all(spec, workdir, jobs, threads)
+    results, outputs = run_all(spec, workdir, jobs, threads, _expected_seconds(stored))
     wall = time.perf_counter() - start
     failed = [f"{run} seed {seed}" for (run, seed), r in results.items() if not r["ok"]]
     if failed:
@@ -258,13 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     for run in spec.runs:
         per_seed = aggregate([results[run.name, s]["metrics"] for s in spec.seeds])
         measured.update({f"{run.name}/{k}": v for k, v in per_seed.items()})
-    names = {r.name for r in spec.runs}
-    claims = evaluate_claims(measured, [c for c in spec.claims if claim_runs(c) <= names])
-    stored_path = args.results_dir / spec.paper / f"{spec.scale}.json"
-    stored = load_result(stored_path) if stored_path.exists() else None
-    if stored is None:
+    claims = evaluate_claims(measured, spec.claims)
+    unstored = stored is None and spec.scale == UNSTORED_SCALE
+    if unstored:
+        print(f"\nnothing stored at {spec.scale} scale: it checks that every run finishes with finite "
+              f"metrics and that the claims its section lists hold")
+    elif stored is None:
         print(f"\nno stored results at {stored_path}")
     problems = check(spec, measured, claims, stored)
+    if unstored:
+        problems += [f"claim {c['id']} does not hold" for c in claims if not c["holds"] and not c["required"]]
     required = [f"required claim {c['id']} does not hold" for c in claims if c["required"] and not c["holds"]]
 
     if args.update:
@@ -290,8 +411,21 @@ def main(argv: list[str] | None = None) -> int:
     if required + problems:
         print(f"\nFAIL: {'; '.join(required + problems)}")
         return 1
-    print(f"\nPASS: {len(measured)} metrics within tolerance, {len(claims)} claims as stored ({wall:.0f}s)")
+    if unstored:
+        held = f"; the {len(claims)} listed claims hold" if claims else ""
+        print(f"\nPASS: {len(results)} runs finished, {len(measured)} metrics, all finite{held} "
+              f"({wall:.0f}s)")
+    else:
+        print(f"\nPASS: {len(measured)} metrics within tolerance, {len(claims)} claims as stored "
+              f"({wall:.0f}s)")
     return 0
+
+
+def _expected_seconds(stored: dict | None) -> dict[str, float]:
+    """Each stored run's duration on idle cores ("<run>/seed<seed>": its CPU seconds per thread)."""
+    prov = (stored or {}).get("provenance", {})
+    threads = prov.get("threads_per_job") or 1
+    return {key: cpu_s / threads for key, cpu_s in prov.get("run_cpu_time_s", {}).items()}
 
 
 if __name__ == "__main__":

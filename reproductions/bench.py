@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from core.cli import main_guard
 from core.errors import UserError
@@ -203,7 +204,7 @@ def glimpse_cases(device, batch: int = 64):
 def bench_glimpse(device, quick: bool, targets: Targets) -> dict:
     rounds = 3 if quick else 15
     out = {}
-    for name, what, vectorised, loop, index, images in glimpse_cases(device):
+    for name, what, vectorised, loop, index, images in tqdm(glimpse_cases(device), desc="glimpse", unit="op"):
         with torch.inference_mode():
             v, ref = vectorised(), loop()
         exact = v.shape == ref.shape and torch.equal(v, ref)
@@ -277,7 +278,7 @@ def bench_tnet(device, quick: bool, targets: Targets) -> dict:
     rounds = 3 if quick else 5
     out = {"batch": batch, "rounds": rounds}
     pairs = zip(("table1", "table2"), _tnet_models(quick), strict=True)
-    for table, (tnet_name, base_name, settings) in pairs:
+    for table, (tnet_name, base_name, settings) in tqdm(list(pairs), desc="tnet inference", unit="table"):
         torch.manual_seed(0)
         tcfg, bcfg = get_config(tnet_name), get_config(base_name)
         tnet, base = build_model(tcfg).eval().to(device), build_model(bcfg).eval().to(device)
@@ -419,7 +420,7 @@ def bench_training(device, quick: bool) -> dict:
     plan = [("smoke", r) for r in SMOKE_RUNS] if quick else \
         [("cpu", r) for r in CPU_RUNS] + [("paper", r) for r in PAPER_RUNS]
     out = {}
-    for scale, (paper, name, batch, kw) in plan:
+    for scale, (paper, name, batch, kw) in tqdm(plan, desc="training throughput", unit="config"):
         key = f"{paper}/{name}" + (f"/{kw['stage']}" if "stage" in kw else "")
         torch.manual_seed(0)
         try:

@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from tqdm import tqdm
 
 from core.cli import main_guard
 from core.metrics import count_multiplications, count_parameters
@@ -64,13 +65,21 @@ def _params(build, config: str) -> int:
 
 def measure_paper() -> dict[str, float]:
     facts: dict[str, float] = {}
+    total = len(TNET_CONFIGS) + 1 + len(SACCADER_CONFIGS) + sum(map(len, GLIMPSES.values()))
+    progress = tqdm(total=total, desc="paper-scale facts", unit="fact", dynamic_ncols=True)
     for name in TNET_CONFIGS:
+        progress.set_postfix_str(f"tnet/{name} params")
         facts[f"tnet/{name}/params"] = _params(lambda n: build_tnet(tnet_config(n)), name)
+        progress.update()
+    progress.set_postfix_str("tnet Tables 1-2 multiplications")
     for row in table():
         suffix = "" if row["locations"] == "-" else f"_locs{row['locations']}"
         facts[f"tnet/{row['config']}/mults{suffix}"] = round(row["flops_b"] * 1e9)
+    progress.update()
     for name in SACCADER_CONFIGS:
+        progress.set_postfix_str(f"saccader/{name} params")
         facts[f"saccader/{name}/params"] = _params(lambda n: build_saccader(saccader_config(n)), name)
+        progress.update()
     torch.manual_seed(0)
     images = torch.rand(1, 3, 224, 224) * 2 - 1
     for name, counts in GLIMPSES.items():
@@ -78,8 +87,11 @@ def measure_paper() -> dict[str, float]:
         if name == "imagenet":  # sec. 3.1: 19 x 19 = 361 locations at 224 px
             facts[f"saccader/{name}/locations"] = model(images, 1)["logits_map"][0, 0].numel()
         for t in counts:
+            progress.set_postfix_str(f"saccader/{name} multiplications, T={t}")
             glimpses = lambda x, m=model, t=t: m(x, t)  # noqa: E731
             facts[f"saccader/{name}/mults_T{t}"] = count_multiplications(glimpses, images)
+            progress.update()
+    progress.close()
     return facts
 
 
@@ -114,7 +126,7 @@ CPU_COUNTERS: dict[str, Callable[[dict], int]] = {
 
 def measure_cpu(results_dir: Path) -> dict[str, float]:
     """'<spec paper>/cpu/<run>/mults' for every run of a stored CPU-scale result that CPU_COUNTERS covers."""
-    facts: dict[str, float] = {}
+    todo = []  # (fact, counter, resolved config)
     for spec_path in sorted((REPO_ROOT / "reproductions").glob("*.toml")):
         spec = load_spec(spec_path, "cpu")
         stored = results_dir / spec.paper / "cpu.json"
@@ -126,7 +138,10 @@ def measure_cpu(results_dir: Path) -> dict[str, float]:
             count = CPU_COUNTERS.get((run.script or spec.script).relative_to(REPO_ROOT).as_posix())
             reports_accuracy = any(f"{run.name}/{m}" in metrics for m in ("accuracy", "test_accuracy"))
             if count and reports_accuracy and f"{run.name}/mults" not in metrics:
-                facts[f"{spec.paper}/cpu/{run.name}/mults"] = count(configs[run.name]["resolved"])
+                todo.append((f"{spec.paper}/cpu/{run.name}/mults", count, configs[run.name]["resolved"]))
+    facts: dict[str, float] = {}
+    for fact, count, resolved in tqdm(todo, desc="CPU-scale facts", unit="fact", dynamic_ncols=True):
+        facts[fact] = count(resolved)
     return facts
 
 

@@ -135,7 +135,7 @@ def test_real_forward_backward_small_width(name):
 
 # ----------------------------------------------------------------------------- FLOPs (multiplications)
 
-@pytest.mark.parametrize("size, paper_g", [(77, 1.803), (224, 18.42)])  # REFERENCE.md; TNet Table 1
+@pytest.mark.parametrize("size, paper_g", [(77, 1.803), (224, 18.42)])  # FACTS.md; TNet Table 1
 def test_bagnet77_tnet_multiplications(size, paper_g):
     mults = count_multiplications(meta("bagnet77_tnet", num_classes=1000), meta_image(size))
     assert mults / 1e9 == pytest.approx(paper_g, rel=0.01)

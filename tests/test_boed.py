@@ -208,7 +208,7 @@ def test_glimpse_hits_needs_half_the_glimpse_inside():
 
 
 def official_reference(channels=3, glimpse=16, hidden=64, locations=2500):
-    """The official network in stock torch layers (REFERENCE.md): glimpse CNN 1-16-1-32-0-32 with BN and
+    """The official network in stock torch layers (FACTS.md): glimpse CNN 1-16-1-32-0-32 with BN and
     ReLU6, FC 512-128-64 + BN, location embedding, GRUCell, location net, baseline, final classifier."""
     glimpse_net = nn.Sequential(
         nn.Conv2d(channels, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(),

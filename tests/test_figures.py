@@ -1,11 +1,15 @@
-"""core.figures writes a figure where asked and releases it; the TNet figure renders from stored results."""
+"""core.figures writes a figure where asked and releases it, and keeps labels apart; figures name models; the
+TNet figure renders from stored results."""
 
 from pathlib import Path
 
 import pytest
+from matplotlib.text import Text
 
+from core.compare import MODEL_NAMES, model_name
 from core.errors import UserError
-from core.figures import plt, save_figure
+from core.figures import label_points, plt, save_figure
+from core.reproduce import load_spec
 from papers.tnet.figures import figure2
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,3 +31,25 @@ def test_tnet_figure2_renders_from_stored_results(tmp_path):
     assert path.name == "figure2.png" and path.stat().st_size > 10_000
     with pytest.raises(UserError, match="missing"):
         figure2(tmp_path / "no-results", tmp_path / "figs")
+
+
+@pytest.mark.unit
+def test_labels_of_coincident_points_do_not_overlap():
+    fig, ax = plt.subplots(figsize=(4, 3), dpi=100)
+    ax.plot([1, 1, 1, 2], [0.50, 0.501, 0.502, 0.9], "o")
+    label_points(ax, [(1, 0.50, "first"), (1, 0.501, "second"), (1, 0.502, "third"), (2, 0.9, "far")])
+    fig.canvas.draw()
+    boxes = [Text.get_window_extent(t) for t in ax.texts]  # the text alone, without its leader line
+    assert len(boxes) == 4
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    plt.close(fig)
+
+
+@pytest.mark.unit
+def test_every_cpu_run_has_a_model_name_for_the_figures():
+    """results/compare/accuracy_vs_mults.png names models, not run names such as `flops`."""
+    for path in sorted((ROOT / "reproductions").glob("*.toml")):
+        spec = load_spec(path, "cpu")
+        missing = [run.name for run in spec.runs if run.name not in MODEL_NAMES.get(spec.paper, {})]
+        assert not missing, f"{path.name}: add model names for {missing} to core.compare.MODEL_NAMES"
+    assert model_name("same-footing", "saccader, random policy") == "Saccader, random policy"

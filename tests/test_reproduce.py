@@ -9,18 +9,20 @@ import os
 import subprocess
 import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
 
+import core.reproduce
 from core.errors import UserError
-from core.reproduce import load_spec, main
+from core.reproduce import current_step, load_spec, main
 from core.results import load_result, save_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
 FAKE = '''
-import argparse, json, os, pathlib, sys
+import argparse, json, os, pathlib, sys, time
 p = argparse.ArgumentParser()
 p.add_argument("--config"); p.add_argument("--seed", type=int); p.add_argument("--output-dir")
 p.add_argument("--set", action="append", default=[])
@@ -28,6 +30,10 @@ a = p.parse_args()
 sets = dict(s.split("=", 1) for s in a.set)
 if sets.get("fail") == "true":
     sys.exit("error: boom")
+if "sleep" in sets:  # a run in progress: its bar is in the log while it sleeps
+    sys.stderr.write("\\rtrain:  30%|###       | 3/10 [00:01<00:02, 3.00it/s]")
+    sys.stderr.flush()
+    time.sleep(float(sets["sleep"]))
 out = pathlib.Path(a.output_dir)
 out.mkdir(parents=True, exist_ok=True)
 (out / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0 + a.seed}) + "\\n")
@@ -47,15 +53,15 @@ def _spec(tmp_path: Path, low_sets=("acc=0.5",), required_rhs=0.1, script: Path 
         description = "fake runs"
         script = "{script}"
 
-        [scales.smoke]
+        [scales.cpu]
         seeds = [0, 1]
         jobs = 2
         runs = [
-          {{ name = "low", config = "smoke", set = {json.dumps(list(low_sets))} }},
-          {{ name = "high", config = "smoke", set = ["acc=0.8"] }},
+          {{ name = "low", config = "cpu", set = {json.dumps(list(low_sets))} }},
+          {{ name = "high", config = "cpu", set = ["acc=0.8"] }},
         ]
 
-        [scales.cpu]
+        [scales.paper]
         seeds = [0]
         runs = [ {{ name = "low", config = "cpu" }} ]
 
@@ -86,7 +92,7 @@ def _spec(tmp_path: Path, low_sets=("acc=0.5",), required_rhs=0.1, script: Path 
     return spec
 
 
-def _run(spec: Path, tmp_path: Path, *extra: str, scale: str = "smoke") -> int:
+def _run(spec: Path, tmp_path: Path, *extra: str, scale: str = "cpu") -> int:
     return main([str(spec), "--scale", scale, "--results-dir", str(tmp_path / "results"),
                  "--workdir", str(tmp_path / "work"), *extra])
 
@@ -101,9 +107,9 @@ def test_update_then_rerun_passes_and_perturbed_store_fails(tmp_path, capsys):
     assert _run(spec, tmp_path, "--update") == 0
     out = capsys.readouterr().out
     assert "[1/4]" in out and "[4/4]" in out and "ok in" in out  # one progress line per finished run
-    stored_path = tmp_path / "results" / "fake" / "smoke.json"
+    stored_path = tmp_path / "results" / "fake" / "cpu.json"
     stored = load_result(stored_path)
-    assert (stored["paper"], stored["scale"]) == ("fake", "smoke")
+    assert (stored["paper"], stored["scale"]) == ("fake", "cpu")
     assert stored["metrics"]["low/acc"]["per_seed"] == [0.5, 0.51]
     assert stored["metrics"]["low/acc"]["mean"] == pytest.approx(0.505)
     assert stored["metrics"]["high/threads"]["mean"] == max(1, len(os.sched_getaffinity(0)) // 2)
@@ -112,11 +118,11 @@ def test_update_then_rerun_passes_and_perturbed_store_fails(tmp_path, capsys):
     assert {"lhs_value", "rhs_value", "text", "lhs", "op", "rhs"} <= set(stored["claims"][0])
     prov = stored["provenance"]
     assert prov["seeds"] == [0, 1] and prov["configs"]["low"] == {
-        "script": (tmp_path / "fake_train.py").as_posix(), "config": "smoke", "set": ["acc=0.5"],
+        "script": (tmp_path / "fake_train.py").as_posix(), "config": "cpu", "set": ["acc=0.5"],
         "resolved": None}
     assert prov["packages"]["python"] and "low/seed1" in prov["run_wall_time_s"]
     assert 0 < prov["run_cpu_time_s"]["low/seed1"] <= prov["cpu_time_s"]
-    logs = tmp_path / "results" / "fake" / "smoke-logs"
+    logs = tmp_path / "results" / "fake" / "cpu-logs"
     assert json.loads((logs / "low" / "seed1.jsonl").read_text()) == {"step": 1, "loss": 2.0}
     assert sorted(p.name for p in (logs / "high").iterdir()) == ["seed0.jsonl", "seed1.jsonl"]
 
@@ -144,8 +150,8 @@ def test_update_then_rerun_passes_and_perturbed_store_fails(tmp_path, capsys):
 def test_failed_run_never_touches_stored_results(tmp_path, capsys):
     spec = _spec(tmp_path)
     assert _run(spec, tmp_path, "--update") == 0
-    stored = tmp_path / "results" / "fake" / "smoke.json"
-    log = tmp_path / "results" / "fake" / "smoke-logs" / "low" / "seed0.jsonl"
+    stored = tmp_path / "results" / "fake" / "cpu.json"
+    log = tmp_path / "results" / "fake" / "cpu-logs" / "low" / "seed0.jsonl"
     before = (stored.read_bytes(), log.read_bytes())
     capsys.readouterr()
 
@@ -169,11 +175,77 @@ def test_required_claim_failure_blocks_update(tmp_path, capsys):
 @pytest.mark.unit
 def test_claims_needing_runs_outside_the_scale_are_skipped(tmp_path, capsys):
     spec = _spec(tmp_path)
-    assert _run(spec, tmp_path, "--update", scale="cpu") == 0
+    assert _run(spec, tmp_path, "--update", scale="paper") == 0
     out = capsys.readouterr().out
-    assert "claim high_beats_low skipped at this scale: needs runs high" in out
-    assert [c["id"] for c in load_result(tmp_path / "results" / "fake" / "cpu.json")["claims"]] == \
+    assert "1 of the spec's 2 claims not checked at this scale" in out and "skipped" not in out
+    assert [c["id"] for c in load_result(tmp_path / "results" / "fake" / "paper.json")["claims"]] == \
         ["low_beats_chance"]
+
+
+SMOKE = """
+[scales.smoke]
+description = "two fake runs of a few updates"
+seeds = [0]
+claims = {claims}
+runs = [ {{ name = "low", config = "smoke" }}, {{ name = "high", config = "smoke", set = ["acc={high}"] }} ]
+"""
+
+
+@pytest.mark.unit
+def test_smoke_scale_passes_on_its_own_checks_without_stored_results(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    base = spec.read_text()
+    spec.write_text(base + SMOKE.format(claims='["high_beats_low"]', high=0.8))
+    assert _run(spec, tmp_path, scale="smoke") == 0
+    out = capsys.readouterr().out
+    assert out.startswith("fake [smoke]: two fake runs of a few updates\n")  # the scale's own description
+    assert "1 of the spec's 2 claims not checked at this scale (a few updates learn nothing" in out
+    assert "PASS: 2 runs finished, 4 metrics, all finite; the 1 listed claims hold" in out
+    assert "--update" not in out and not (tmp_path / "results").exists()
+
+    spec.write_text(base + SMOKE.format(claims='["high_beats_low"]', high=0.1))  # a listed claim must hold
+    assert _run(spec, tmp_path, scale="smoke") == 1
+    assert "FAIL: claim high_beats_low does not hold" in capsys.readouterr().out
+
+    spec.write_text(base + SMOKE.format(claims='["nope"]', high=0.8))
+    with pytest.raises(UserError, match="lists claim 'nope', which the spec lacks"):
+        load_spec(spec, "smoke")
+
+
+@pytest.mark.unit
+def test_a_non_finite_metric_fails_its_run(tmp_path, capsys):
+    spec = _spec(tmp_path, low_sets=["acc=nan"])
+    assert _run(spec, tmp_path, "--update") == 1
+    out = capsys.readouterr().out
+    assert "low seed 0: FAILED (bad final_metrics.json (not finite: acc)" in out
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.unit
+def test_progress_shows_the_running_runs_steps(tmp_path, capsys, monkeypatch):
+    """Off a terminal (here, captured) the progress is a status line every LOG_REFRESH_S."""
+    monkeypatch.setattr(core.reproduce, "REFRESH_S", 0.05)
+    monkeypatch.setattr(core.reproduce, "LOG_REFRESH_S", 0.0)
+    spec = _spec(tmp_path, low_sets=["acc=0.5", "sleep=1.5"])
+    assert _run(spec, tmp_path) == 1  # nothing stored
+    out = capsys.readouterr().out
+    assert "fake [cpu]:   0%|" in out and "0.0/4 runs" in out and "low s0 0:0" in out
+    assert "train 3/10" in out
+    outputs = "run outputs (config.json, metrics.jsonl, final_metrics.json, run.log)"
+    assert f"{outputs} in {tmp_path / 'work'}/<run>/seed<seed>/" in out
+
+
+@pytest.mark.unit
+def test_current_step_reads_the_last_bar_of_a_log(tmp_path):
+    log = tmp_path / "run.log"
+    assert current_step(log) == ""  # not started
+    log.write_text("cmd\n\rtrain:   0%|          | 0/4 [00:00<?, ?it/s]"
+                   "\rtrain:  50%|#####     | 2/4 [00:01<00:01]")
+    assert current_step(log) == "train 2/4"
+    log.write_text(log.read_text() + "\rtrain: 100%|##########| 4/4 [00:02<00:00]\n"
+                   "\rtrain:   0%|          | 0/9 [00:00<?, ?it/s]"
+                   "\rtrain:  11%|#         | 1/9 [00:00<00:05]")
+    assert current_step(log) == "stage 2: train 1/9"
 
 
 @pytest.mark.unit
@@ -185,19 +257,19 @@ def test_a_run_may_name_its_own_script(tmp_path, capsys):
     high = f'{{ name = "high", script = "{other}", config'
     spec.write_text(spec.read_text().replace('{ name = "high", config', high))
     assert _run(spec, tmp_path, "--update") == 0
-    stored = load_result(tmp_path / "results" / "fake" / "smoke.json")
+    stored = load_result(tmp_path / "results" / "fake" / "cpu.json")
     assert stored["metrics"]["high/acc"]["per_seed"] == pytest.approx([0.9, 0.91])  # other_train.py ran
     assert stored["metrics"]["low/acc"]["per_seed"] == pytest.approx([0.5, 0.51])
     assert stored["provenance"]["configs"]["high"]["script"] == other.as_posix()
     other.unlink()
     with pytest.raises(UserError, match="fake is not implemented yet .*other_train.py does not exist"):
-        main([str(spec), "--scale", "smoke", "--results-dir", str(tmp_path / "results")])
+        main([str(spec), "--scale", "cpu", "--results-dir", str(tmp_path / "results")])
 
 
 @pytest.mark.unit
 def test_missing_script_is_not_implemented_yet(tmp_path):
     spec = _spec(tmp_path, script=tmp_path / "papers" / "fake" / "train.py")
-    cmd = [sys.executable, "-m", "core.reproduce", str(spec), "--scale", "smoke",
+    cmd = [sys.executable, "-m", "core.reproduce", str(spec), "--scale", "cpu",
            "--results-dir", str(tmp_path / "results")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode != 0 and proc.stdout == ""
@@ -208,22 +280,22 @@ def test_missing_script_is_not_implemented_yet(tmp_path):
 @pytest.mark.unit
 def test_spec_errors_are_user_errors(tmp_path):
     spec = _spec(tmp_path)
-    with pytest.raises(UserError, match=r"no \[scales.paper\] \(has: smoke, cpu\)"):
-        load_spec(spec, "paper")
+    with pytest.raises(UserError, match=r"no \[scales.smoke\] \(has: cpu, paper\)"):
+        load_spec(spec, "smoke")
     with pytest.raises(UserError, match="is not implemented yet .no reproduction spec at"):
-        load_spec(tmp_path / "nope.toml", "smoke")
+        load_spec(tmp_path / "nope.toml", "cpu")
     spec.write_text(spec.read_text().replace('kind = "exact"', 'kind = "close"'))
     with pytest.raises(UserError, match="kind must be one of"):
-        load_spec(spec, "smoke")
+        load_spec(spec, "cpu")
     (tmp_path / "bad.toml").write_text('paper = "x"\nscales = {}\n')
     with pytest.raises(UserError, match="missing top-level key 'script'"):
-        load_spec(tmp_path / "bad.toml", "smoke")
+        load_spec(tmp_path / "bad.toml", "cpu")
 
 
 @pytest.mark.smoke
 def test_toy_paper_end_to_end(tmp_path, capsys):
     spec = ROOT / "tests" / "fixtures" / "toy_paper" / "toy.toml"
-    assert _run(spec, tmp_path, "--update") == 0
+    assert _run(spec, tmp_path, "--update", scale="smoke") == 0
     stored = load_result(tmp_path / "results" / "toy" / "smoke.json")
     assert stored["metrics"]["trained/eval_index"]["mean"] == 18.0  # every eval example counted once
     assert stored["provenance"]["configs"]["untrained"]["resolved"]["lr"] == 0.0  # --set reached the config
@@ -236,3 +308,13 @@ def test_toy_paper_end_to_end(tmp_path, capsys):
     assert main([str(spec), "--scale", "smoke", "--results-dir", str(tmp_path / "results"),
                  "--workdir", str(tmp_path / "work2")]) == 0
     assert "PASS: 6 metrics within tolerance, 2 claims as stored" in capsys.readouterr().out
+
+
+@pytest.mark.unit
+def test_every_spec_has_a_described_smoke_scale():
+    """`nox -s smoke` runs every spec's smoke scale: each says what it runs and which claims it checks."""
+    for path in sorted((ROOT / "reproductions").glob("*.toml")):
+        smoke, cpu = load_spec(path, "smoke"), load_spec(path, "cpu")
+        assert smoke.description != cpu.description, f"{path.name}: [scales.smoke] needs its own description"
+        section = tomllib.loads(path.read_text())["scales"]["smoke"]
+        assert "claims" in section, f"{path.name}: [scales.smoke] needs its claims list (empty: none)"

@@ -316,9 +316,9 @@ def test_cli_rejects_evaluation_without_the_trained_glimpse_count(capsys):
 def test_ablations_spec_trains_both_ablations(tmp_path):
     """reproductions/saccader-ablations.toml: no attention network (Fig. Supp.3), patch classifier (4.3)."""
     spec = REPO_ROOT / "reproductions" / "saccader-ablations.toml"
-    # The smoke scale learns nothing, so its required claim fails and nothing is stored: exit 1.
+    # The smoke scale checks no claim (a few updates learn nothing) and needs nothing stored.
     assert reproduce([str(spec), "--scale", "smoke", "--workdir", str(tmp_path / "work"),
-                      "--results-dir", str(tmp_path / "results")]) == 1
+                      "--results-dir", str(tmp_path / "results")]) == 0
     metrics = load_result(tmp_path / "work" / "saccader" / "seed0" / "final_metrics.json")
     assert {"accuracy_learned_T2", "accuracy_no_attention_network_T2", "accuracy_patch_classifier_T2",
             "accuracy_random_T2"} <= set(metrics)

@@ -49,7 +49,7 @@ def _meta(name):
 
 
 @pytest.mark.parametrize("name, expected", [
-    ("imagenet", 21_859_949),             # REFERENCE.md: TNet ImageNet (+1 EMA baseline value)
+    ("imagenet", 21_859_949),             # FACTS.md: TNet ImageNet (+1 EMA baseline value)
     ("imagenet-bagnet77", 20_546_664),    # Table 1: 20.55M
     ("fmow-efficientnet-b0", 4_128_986),  # Table 2: 4.13M
 ])

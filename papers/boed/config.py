@@ -1,5 +1,5 @@
 """Named configurations of BOED (Harvey, Teng & Wood, "Near-Optimal Glimpse Sequences for Training Hard
-Attention Neural Networks", 2019). "official" = the released PyTorch code (REFERENCE.md, BOED section).
+Attention Neural Networks", 2019). "official" = the released PyTorch code (FACTS.md, BOED section).
 
   celeba-hq   paper scale: CelebA-HQ at 224 px, 40 attribute tasks, 5 glimpses of 16 x 16, 600 designed
               sequences per task, retrieval database given by the user (§3, §5)
@@ -53,7 +53,7 @@ class BOEDConfig:
     tasks: tuple[str, ...] = CELEBA_ATTRIBUTES
     """The 40 CelebA-HQ attribute tasks (§5, Fig. 5); for slot-digits RULE@CELL (papers/boed/data.py)."""
     image_size: int = 224
-    """Images are 224 x 224 (official; REFERENCE.md)."""
+    """Images are 224 x 224 (official; FACTS.md)."""
     channels: int = 3
     """RGB faces; the MNIST proxy is grey."""
     grid: int = 3

@@ -6,10 +6,10 @@ Reads results/boed/<scale>-logs/<run>/seed<S>.jsonl (copied there by `core.repro
 record (stage "summary") holds each run's figure data, and writes into DIR (default results/boed/figures):
   fig2_first_epe.png   EPE of the first glimpse at every candidate location, per task (Fig. 2, panel 4)
   fig5_iterations.png  iterations to within 0.01 of the best validation accuracy per task, partially
-                       supervised vs unsupervised, mean and spread over seeds x replicates; and the mean
-                       validation curves (Fig. 5)
+                       supervised vs unsupervised: the mean (bar) and every net of seeds x replicates
+                       (dots); and the mean validation curves (Fig. 5)
   fig6_heatmaps.png    per task, condition and time step: the fraction of test glimpses covering each
-                       pixel (Fig. 6)
+                       pixel, on one colour scale (square-root, with its colour bar) (Fig. 6)
   fig7_flops.png       test accuracy vs multiplications per image: the adaptive-stopping hard-attention net
                        (threshold swept) and every low-power CNN (c, r) (Fig. 7)
 """
@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from matplotlib.colors import PowerNorm  # noqa: E402
 
 from core.cli import main_guard  # noqa: E402
 from core.errors import UserError  # noqa: E402
@@ -77,15 +78,18 @@ def fig5(summaries: list[dict], out: Path) -> Path:
         per_task = [[it for s in summaries for (c, k), it in zip(s["members"], s["iters"], strict=True)
                      if c == cond and k == task] for task in range(len(names))]
         x = np.arange(len(names)) + (j - (len(conditions) - 1) / 2) * width
-        ax.bar(x, [np.mean(v) for v in per_task], width, yerr=[np.std(v) for v in per_task], capsize=3,
-               color=COLORS.get(cond), label=cond)
+        ax.bar(x, [np.mean(v) for v in per_task], width, color=COLORS.get(cond), label=cond)
+        for xi, v in zip(x, per_task, strict=True):
+            ax.plot([xi] * len(v), v, "k.", markersize=3, alpha=0.6)
         curves = [s["curves"][str(e)] for s in summaries
                   for e, (c, _) in enumerate(s["members"]) if c == cond]
         steps = curves[0][0]
         ax2.plot(steps, np.mean([c[1] for c in curves], 0), color=COLORS.get(cond), label=cond)
     ax.set_xticks(np.arange(len(names)), names, rotation=30, fontsize=8)
     ax.set_ylabel("iterations to within 0.01 of best val. acc.")
-    ax.legend(fontsize=8)
+    ax.set_title("bars: mean over nets; dots: each net (seeds x replicates)", fontsize=8)
+    ax.margins(y=0.15)  # headroom for the legend above the tallest net
+    ax.legend(fontsize=8, loc="upper left", ncol=len(conditions))
     ax2.set_xlabel("training iteration")
     ax2.set_ylabel("validation accuracy (mean over nets)")
     ax2.legend(fontsize=8)
@@ -99,14 +103,17 @@ def fig6(summaries: list[dict], out: Path) -> Path:
     conditions = list(dict.fromkeys(c for c, _ in s0["members"]))
     T = len(s0["location_counts"][0])
     rows = [(k, c) for k in range(len(names)) for c in conditions]
-    fig, axes = plt.subplots(len(rows), T, figsize=(1.6 * T, 1.6 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), T, figsize=(1.6 * T + 1.2, 1.6 * len(rows)), squeeze=False)
+    # One colour scale for every panel, so that panels compare; square-root, so that a glimpse spread
+    # thinly over the image stays visible beside the first step's single location.
+    norm = PowerNorm(0.5, vmin=0, vmax=1)
     for r, (k, cond) in enumerate(rows):
         counts = sum(torch.tensor(s["location_counts"][e]) for s in summaries
                      for e, (c, kk) in enumerate(s["members"]) if c == cond and kk == k)  # (T, L)
         for t in range(T):
             frac = torch.einsum("l,lhw->hw", counts[t] / counts[t].sum(), masks).numpy()
             ax = axes[r, t]
-            ax.imshow(frac, cmap="magma", vmin=0, vmax=max(float(frac.max()), 1e-6))
+            image = ax.imshow(frac, cmap="magma", norm=norm)
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -114,7 +121,10 @@ def fig6(summaries: list[dict], out: Path) -> Path:
             if t == 0:
                 ax.set_ylabel(f"{names[k]}\n{cond}", fontsize=7)
     fig.suptitle("Fraction of test glimpses covering each pixel", fontsize=10)
-    return save_figure(fig, out / "fig6_heatmaps.png", dpi=110)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
+    bar = fig.colorbar(image, cax=fig.add_axes((0.89, 0.3, 0.025, 0.4)))
+    bar.set_label("fraction of test glimpses", fontsize=8)
+    return save_figure(fig, out / "fig6_heatmaps.png", dpi=110, layout=False)
 
 
 def fig7(summaries: list[dict], out: Path) -> Path:

@@ -2,7 +2,7 @@
 
 Sources: paper = Elsayed, Kornblith & Le, "Saccader: Improving Accuracy of Hard Attention Models for
 Vision", NeurIPS 2019 (sec. 3, eqs. 1-6, Appendix B tables "Supp.N", Appendix C); "official" = the
-released TF1 model code (facts in REFERENCE.md, Saccader and DRAM section). `get_config(name)`:
+released TF1 model code (facts in FACTS.md, Saccader and DRAM section). `get_config(name)`:
 
   imagenet                Saccader: BagNet-77-lowD + attention net + cell, 3 stages (sec. 3, Table Supp.5)
   imagenet-bagnet77-lowd  BagNet-77-lowD, logits averaged over locations (sec. 3.1, Table Supp.2)

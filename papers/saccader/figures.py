@@ -169,7 +169,8 @@ def figure_training(logs: Path, out: Path) -> Path:
         ax.set(xlabel="updates within the stage", title=title)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
-    fig.suptitle(f"training curves, mean over seeds ({logs})", fontsize=9)
+    shown = logs.resolve().relative_to(REPO) if logs.resolve().is_relative_to(REPO) else logs.name
+    fig.suptitle(f"training curves, mean over seeds ({shown})", fontsize=9)
     return save_figure(fig, out / "training.png")
 
 

@@ -1,7 +1,7 @@
 """Named configurations of TNet and its fully convolutional baselines.
 
 Sources: paper = Papadopoulos et al. 2021 (sections, Tables 1-5, Appendix B); "official" = the released
-TF2 code (facts collected in REFERENCE.md, TNet section). `get_config(name)` returns a fresh dataclass:
+TF2 code (facts collected in FACTS.md, TNet section). `get_config(name)` returns a fresh dataclass:
 
   imagenet               TNet, BagNet-77 extractor, 224 px, 2 levels, 5x5 grid          (sec. 5.1, Table 4)
   imagenet-bagnet77      BagNet-77 (TNet variant) fully convolutional at 224 px         (sec. 5.1, Table 1)

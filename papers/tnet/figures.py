@@ -5,7 +5,8 @@
 figure2.png: accuracy vs. multiplications per image (paper Figure 2): left, the paper's ImageNet numbers
 (Table 1, points annotated with the number of attended locations); right, our CPU-scale runs from
 results/tnet/cpu.json (TNet for each number of locations, without per-feature regularisation, and the
-fully convolutional extractor at full and at base resolution), with the seed spread as error bars.
+fully convolutional extractor at full and at base resolution): seed means joined by lines, every seed as a
+small hollow marker.
 `draw_overlays` draws attended locations on images (Figures 3 and 5); evaluate.py calls it.
 """
 
@@ -24,7 +25,7 @@ import torch  # noqa: E402
 
 from core.cli import main_guard  # noqa: E402
 from core.errors import UserError  # noqa: E402
-from core.figures import plt, save_figure  # noqa: E402
+from core.figures import label_points, plt, save_figure, seed_points  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_STYLE = {"tnet": ("TNet", "C0", "o"), "tnet_noreg": ("TNet, no per-feature reg.", "C3", "s"),
@@ -34,6 +35,7 @@ RUN_STYLE = {"tnet": ("TNet", "C0", "o"), "tnet_noreg": ("TNet, no per-feature r
 
 def paper_panel(ax, paper: dict) -> None:
     values = paper["values"]
+    labels = []
     for model, color, marker in (("saccader", "C1", "s"), ("dram", "C3", "^"), ("tnet", "C0", "o")):
         pts = sorted((values[f"imagenet/{model}/flops_locs{n}"]["value"], values[k]["value"], n)
                      for k in values for n in [_locs(k, f"imagenet/{model}/top1_locs")] if n is not None)
@@ -41,13 +43,13 @@ def paper_panel(ax, paper: dict) -> None:
             continue
         ax.plot([p[0] / 1e9 for p in pts], [100 * p[1] for p in pts], marker=marker, color=color,
                 label={"tnet": "TNet", "saccader": "Saccader", "dram": "DRAM"}[model])
-        for x, y, n in pts:
-            ax.annotate(str(n), (x / 1e9, 100 * y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        labels += [(x / 1e9, 100 * y, str(n)) for x, y, n in pts]
     bagnet = values["imagenet/bagnet77/flops"]["value"] / 1e9, 100 * values["imagenet/bagnet77/top1"]["value"]
     ax.scatter([bagnet[0]], [bagnet[1]], color="C2", marker="D", label="BagNet-77")
     ax.set(xlabel="multiplications per image (billions, eq. 11)", ylabel="top-1 accuracy (%)",
            title="ImageNet, paper (Table 1 / Figure 2)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower right", title="labels: locations / glimpses", title_fontsize=7)
+    label_points(ax, labels)
 
 
 def _locs(key: str, prefix: str) -> int | None:
@@ -57,6 +59,7 @@ def _locs(key: str, prefix: str) -> int | None:
 
 def ours_panel(ax, result: dict) -> None:
     metrics = result["metrics"]
+    labels = []
     for run, (label, color, marker) in RUN_STYLE.items():
         if f"{run}/accuracy" not in metrics:
             continue
@@ -66,15 +69,15 @@ def ours_panel(ax, result: dict) -> None:
         keys = [(m, a) for m, a in keys if m in metrics]
         xs = [metrics[m]["mean"] / 1e6 for m, _ in keys]
         ys = [100 * metrics[a]["mean"] for _, a in keys]
-        err = [100 * metrics[a]["std"] for _, a in keys]
-        ax.errorbar(xs, ys, yerr=err, marker=marker, color=color, label=label, capsize=3,
-                    linestyle="-" if len(xs) > 1 else "none")
-        for x, y, n in zip(xs, ys, locs, strict=False):
-            ax.annotate(str(n), (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+        ax.plot(xs, ys, marker=marker, color=color, label=label, linestyle="-" if len(xs) > 1 else "none")
+        seed_points(ax, xs, [metrics[a]["per_seed"] for _, a in keys], color, marker, scale=100)
+        labels += [(x, y, str(n)) for x, y, n in zip(xs, ys, locs, strict=False)]
     seeds = len(next(iter(metrics.values()))["per_seed"]) if metrics else 0
     ax.set(xlabel="multiplications per image (millions, eq. 11)", ylabel="top-1 accuracy (%)",
-           title=f"CPU scale, ours (mean and std over {seeds} seeds)")
-    ax.legend(fontsize=8)
+           title=f"CPU scale, ours (means of {seeds} seeds; hollow: each seed)", ylim=(0, 100))
+    ax.axhline(10, color="0.6", linestyle=":", linewidth=1, label="chance")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the axes: hides no seed
+    label_points(ax, labels)
 
 
 def figure2(results_dir: Path, out: Path) -> Path:
@@ -83,7 +86,7 @@ def figure2(results_dir: Path, out: Path) -> Path:
         raise UserError(f"missing {paper_path}")
     paper = json.loads(paper_path.read_text())
     ours = json.loads(ours_path.read_text()) if ours_path.is_file() else None
-    fig, axes = plt.subplots(1, 2 if ours else 1, figsize=(12 if ours else 6, 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, 2 if ours else 1, figsize=(14 if ours else 6, 4.5), squeeze=False)
     paper_panel(axes[0, 0], paper)
     if ours:
         ours_panel(axes[0, 1], ours)
