@@ -104,6 +104,17 @@ def test_epe_matches_a_loop_over_samples_and_candidates():
     assert torch.allclose(fast.double(), slow, atol=1e-5)
 
 
+@pytest.mark.unit
+def test_epe_keeps_the_inputs_device_and_dtype():
+    """Masks are built on the image's device (the meta device stands in for CUDA: mixing it with a CPU
+    tensor raises as CUDA would) and the map comes back in the samples' dtype."""
+    samples = torch.zeros(4, 1, 8, 8, dtype=torch.float64, device="meta")
+    weights = torch.full((4,), 0.25, dtype=torch.float64)
+    epe = expected_posterior_entropy(PixelOracle(), samples[0], torch.tensor([[0, 0]]),
+                                     torch.tensor([[0, 0], [4, 4]]), samples, weights, size=3)
+    assert epe.device.type == "meta" and epe.dtype == torch.float64 and epe.shape == (2, 1)
+
+
 def test_bernoulli_entropy_is_stable_and_exact():
     logits = torch.tensor([-1000.0, -2.0, 0.0, 3.0, 1000.0])
     p = torch.sigmoid(logits[1:4])

@@ -92,7 +92,7 @@ class BOEDConfig:
     """Updates of g on uniformly random glimpse sets (§3; official: Adam 1e-4, batch 64, up to 2,000
     epochs)."""
     posterior_batch_size: int = 64
-    """Official batch size of g."""
+    """Images per update of g, over all processes (official batch size 64)."""
     posterior_lr: float = 1e-4
     """Official Adam learning rate of g."""
 
@@ -127,7 +127,7 @@ class BOEDConfig:
     lr: float = 3e-4
     """Adam learning rate (official --init_lr 3e-4)."""
     batch_size: int = 64
-    """Images per update (official 64)."""
+    """Images per update, over all processes (official 64); must divide by the number of processes."""
     max_steps: int = 31_600
     """Updates per task (official 75 epochs of 27,000 images at batch 64)."""
     eval_every: int = 100

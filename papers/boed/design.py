@@ -82,14 +82,15 @@ def random_glimpses(batch: int, num_glimpses: int, lattice: torch.Tensor, size: 
 
 
 def candidate_masks(image_hw: tuple[int, int], candidates: torch.Tensor, size: int) -> torch.Tensor:
-    """(L, H, W) bool: the pixels each candidate glimpse (top-left (L, 2)) observes."""
-    ones = torch.ones(len(candidates), 1, *image_hw)
+    """(L, H, W) bool on candidates' device: the pixels each candidate glimpse (top-left (L, 2)) observes."""
+    ones = torch.ones(len(candidates), 1, *image_hw, device=candidates.device)
     return observation_mask(ones, candidates[:, None].long(), size)[:, -1].bool()
 
 
-def _observed_mask(image_hw: tuple[int, int], observed: torch.Tensor, size: int) -> torch.Tensor:
-    """(H, W) bool union of the observed glimpses (top-left (t, 2); t may be 0)."""
-    return observation_mask(torch.ones(1, 1, *image_hw), observed.long()[None], size)[0, -1].bool()
+def _observed_mask(image_hw: tuple[int, int], observed: torch.Tensor, size: int, device) -> torch.Tensor:
+    """(H, W) bool union of the observed glimpses (top-left (t, 2); t may be 0), on `device`."""
+    ones = torch.ones(1, 1, *image_hw, device=device)
+    return observation_mask(ones, observed.long().to(device)[None], size)[0, -1].bool()
 
 
 def retrieval_log_weights(database: torch.Tensor, image: torch.Tensor, observed: torch.Tensor, size: int,
@@ -97,7 +98,7 @@ def retrieval_log_weights(database: torch.Tensor, image: torch.Tensor, observed:
     """log r_img weights (M,) of database images (M, C, H, W) given glimpses of `image` (C, H, W) at
     `observed` (t, 2): -sum over observed pixels of (x_m - x)^2 / noise_var. All zero when t = 0 (the
     prior: every database image equally likely)."""
-    mask = _observed_mask(image.shape[-2:], observed, size)
+    mask = _observed_mask(image.shape[-2:], observed, size, image.device)
     if not mask.any():
         return database.new_zeros(len(database))
     diff = database[:, :, mask] - image[:, mask]  # (M, C, observed pixels)
@@ -118,7 +119,7 @@ def expected_posterior_entropy(posterior: nn.Module, image: torch.Tensor, observ
                                candidates: torch.Tensor, samples: torch.Tensor, weights: torch.Tensor,
                                size: int, chunk: int = 4096,
                                masks: torch.Tensor | None = None) -> torch.Tensor:
-    """Eq. 2 for every candidate location and task: (L, K) nats.
+    """Eq. 2 for every candidate location and task: (L, K) nats, on the image's device in samples' dtype.
 
     EPE(l) = sum_u w_u H[g(theta | y_1:t-1, y_t^u(l))], where y_1:t-1 are `image`'s pixels at `observed`
     (t-1, 2) and y_t^u(l) the pixels of sample u (samples (U, C, H, W), weights (U,)) in candidate glimpse
@@ -131,8 +132,9 @@ def expected_posterior_entropy(posterior: nn.Module, image: torch.Tensor, observ
     if samples.shape[1:] != image.shape or weights.shape != (U,):
         raise UserError(f"samples must be (U, {C}, {H}, {W}) with weights (U,), got "
                         f"{tuple(samples.shape)} and {tuple(weights.shape)}")
-    masks = candidate_masks((H, W), candidates, size) if masks is None else masks
-    old = _observed_mask((H, W), observed, size)
+    # Every mask lives on the image's device, so a CUDA image never meets a CPU mask.
+    masks = (candidate_masks((H, W), candidates, size) if masks is None else masks).to(image.device)
+    old = _observed_mask((H, W), observed, size, image.device)
     base = image * old  # the true observed pixels, zeros elsewhere
     per = max(1, chunk // U)  # candidates per chunk
     out = []
@@ -143,8 +145,8 @@ def expected_posterior_entropy(posterior: nn.Module, image: torch.Tensor, observ
         mask = (m | old)[None, :, None].expand(U, -1, 1, H, W).to(x.dtype)
         logits = posterior(torch.cat([x, mask], 2).flatten(0, 1))  # (U*l, K)
         entropy = bernoulli_entropy(logits.double()).view(U, len(m), -1)
-        out.append(torch.einsum("u,ulk->lk", weights.double(), entropy))
-    return torch.cat(out).float()
+        out.append(torch.einsum("u,ulk->lk", weights.double().to(entropy.device), entropy))
+    return torch.cat(out).to(samples.dtype)
 
 
 @torch.no_grad()
@@ -165,7 +167,7 @@ def design_sequence(posterior: nn.Module, image: torch.Tensor, database: torch.T
     for t in range(num_glimpses):
         if t == 0 and first is not None:
             chosen.append(int(first))
-            maps.append(torch.full((len(candidates),), math.nan))
+            maps.append(torch.full((len(candidates),), math.nan, device=image.device))
             continue
         observed = candidates[torch.tensor(chosen, dtype=torch.long)].reshape(-1, 2)
         log_w = retrieval_log_weights(database, image, observed, size, noise_var[max(t - 1, 0)])

@@ -158,7 +158,10 @@ def members(cfg: BOEDConfig) -> list[tuple[str, int]]:
 
 
 def _loop(cfg: BOEDConfig, out: Path, steps: int, batch_size: int, eval_every: int = 0) -> LoopConfig:
-    return LoopConfig(max_steps=steps, batch_size=batch_size, seed=cfg.seed,
+    """core.train's batch is per process; the config's batch sizes are images per update (main() checks that
+    they divide)."""
+    per_process = batch_size // PartialState().num_processes
+    return LoopConfig(max_steps=steps, batch_size=per_process, seed=cfg.seed,
                       checkpoint_every=cfg.checkpoint_every, eval_every=eval_every, log_every=cfg.log_every,
                       output_dir=str(out), num_workers=cfg.num_workers)
 
@@ -533,6 +536,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cfg, _ = parse_args(get_config, argv, description=__doc__.split("\n")[0])
     torch.manual_seed(cfg.seed)
     state = PartialState()
+    for name in ("batch_size", "posterior_batch_size"):
+        if getattr(cfg, name) % state.num_processes:
+            raise UserError(f"{name}={getattr(cfg, name)} is images per update and must divide among "
+                            f"{state.num_processes} processes")
     out = Path(cfg.output_dir)
     if state.is_main_process:
         save_config(cfg, out)
