@@ -16,6 +16,14 @@ from torch import nn
 from core.glimpse import lattice_top_left, observation_mask
 from core.metrics import count_multiplications, count_parameters
 from papers.boed.config import CELEBA_ATTRIBUTES, get_config
+from papers.boed.curves import (
+    bootstrap_ratios,
+    curve_stats,
+    iterations_to_level,
+    plateau_sd,
+    pooled_variance,
+    ratios,
+)
 from papers.boed.data import SlotDigits, parse_task
 from papers.boed.design import (
     PosteriorCNN,
@@ -300,6 +308,37 @@ def test_adaptive_stopping_sweep():
     assert out["logits"].shape == (4, 1, 3, 2) and out["stop"].shape == (4, 1, 2)
     counts = location_counts(out["indices"], 16)
     assert counts.shape == (1, 3, 16) and torch.equal(counts.sum(-1), torch.full((1, 3), 4.0))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fig. 5 curve statistics
+
+
+@pytest.mark.unit
+def test_curve_stats_count_plateau_noise_truncation_and_levels():
+    steps = list(range(0, 1001, 100))
+    fast = [0.5, 0.8, 0.9, 0.91, 0.9, 0.91, 0.9, 0.91, 0.9, 0.91, 0.9]  # plateau from step 300
+    slow = [0.5, 0.5, 0.6, 0.6, 0.7, 0.7, 0.8, 0.8, 0.85, 0.88, 0.9]  # still rising at the end
+    rows = curve_stats({0: (steps, fast), 1: (steps, slow)}, 0.01, 1000, (0.85, 0.95))
+    assert rows[0]["iters"] == 200 and rows[0]["late"] == 0.0 and rows[0]["to_0.85"] == 200
+    assert rows[0]["plateau_sd"] == pytest.approx(0.005, abs=1e-9)  # alternating 0.91, 0.90 from step 500
+    assert rows[1]["iters"] == 1000 and rows[1]["late"] == 1.0  # truncated: best at the last point
+    assert rows[1]["to_0.85"] == 800 and rows[1]["to_0.95"] is None
+    assert iterations_to_level([0.1, 0.2], [0, 5], 0.2) == 5 and plateau_sd([0.3], [9], 0) == 0.0
+
+
+@pytest.mark.unit
+def test_variance_is_over_replicates_within_tasks_with_bootstrap_intervals():
+    partial = {0: [100.0, 110.0, 90.0], 1: [300.0, 310.0, 290.0]}  # tasks differ, replicates agree
+    unsup = {0: [200.0, 400.0, 300.0], 1: [600.0, 400.0, 500.0]}
+    assert pooled_variance(partial) == pytest.approx(100.0)  # the task difference does not count
+    mean_ratio, var_ratio = ratios(partial, unsup)
+    assert mean_ratio == pytest.approx(2.0) and var_ratio == pytest.approx(100.0)
+    ci = bootstrap_ratios(partial, unsup, draws=300, seed=0)
+    assert ci["iters_ratio_lo"] <= mean_ratio <= ci["iters_ratio_hi"]
+    assert ci["iters_ratio_lo"] < ci["iters_ratio_hi"] and ci["iters_var_ratio_lo"] <= ci["iters_var_ratio_hi"]
+    same = bootstrap_ratios({0: [5.0, 5.0]}, {0: [10.0, 10.0]}, draws=20)
+    assert same["iters_ratio_lo"] == same["iters_ratio_hi"] == pytest.approx(2.0)
 
 
 # ---------------------------------------------------------------------------------------------------

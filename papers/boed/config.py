@@ -140,6 +140,15 @@ class BOEDConfig:
     """Independent trainings per task and condition inside one run (different init and glimpse samples):
     the spread of Fig. 5's iteration counts (§5 "variance") is measured over them (ours; the paper gives no
     count)."""
+    accuracy_levels: tuple[float, ...] = ()
+    """Secondary metric (ours): first update reaching each of these validation accuracies (papers/boed/
+    curves.py); empty at paper scale, where 40 attributes have no common level."""
+    eval_repeats: int = 4
+    """Repeated validations of the final nets with fresh glimpse samples: the measurement part of a curve's
+    noise (ours)."""
+    bootstrap_draws: int = 2_000
+    """Bootstrap resamples of replicate nets for the intervals of the iteration and variance ratios
+    (ours)."""
     heatmap_images: int = 2_500
     """Test images whose glimpse locations are accumulated for the Fig. 6 heatmaps."""
 

@@ -39,10 +39,11 @@ from torch.utils.data import Dataset
 from core.cli import main_guard, parse_args, save_config
 from core.errors import UserError
 from core.glimpse import lattice_top_left, observation_mask
-from core.metrics import count_multiplications, count_parameters, iterations_to_within
+from core.metrics import count_multiplications, count_parameters
 from core.results import save_result
 from core.train import LoopConfig, train
 from papers.boed.config import BOEDConfig, get_config
+from papers.boed.curves import bootstrap_ratios, curve_stats, pooled_variance, ratios
 from papers.boed.data import SlotDigits
 from papers.boed.design import (
     PosteriorCNN,
@@ -60,6 +61,7 @@ from papers.boed.design import (
 from papers.boed.evaluate import (
     adaptive_sweep,
     attention_mults,
+    evaluation_repeat_sd,
     glimpse_coverage,
     hit_rates,
     location_counts,
@@ -349,10 +351,13 @@ def summarize_attention(cfg: BOEDConfig, model, curves, data: dict[str, Split],
     lattice = model.lattice.cpu()
     hits = None if test.boxes is None else hit_rates(out["indices"], lattice, cfg.glimpse_size,
                                                      [test.boxes[k] for k in tasks])
-    iters = [iterations_to_within(curves[e][1], cfg.convergence_eps, curves[e][0])
-             for e in range(len(layout))]
+    stats = curve_stats(curves, cfg.convergence_eps, cfg.max_steps, cfg.accuracy_levels)
+    iters = [int(r["iters"]) for r in stats]
+    val = data["val"]
+    repeat_sd = evaluation_repeat_sd(model, val.images_float(), val.labels[:, tasks].long(), cfg.eval_repeats,
+                                     cfg.eval_samples, cfg.seed)
     per_glimpse, classifier = attention_mults(cfg, adaptive=False)
-    m = {}
+    m, counts_by = {}, {}
     for cond in cfg.conditions:
         sel = [e for e, (c, _) in enumerate(layout) if c == cond]
         p = f"{cond}_"
@@ -361,16 +366,23 @@ def summarize_attention(cfg: BOEDConfig, model, curves, data: dict[str, Split],
         m[p + "iters_mean"] = sum(iters[e] for e in sel) / len(sel)
         m[p + "coverage"] = glimpse_coverage(out["indices"][:n, sel], lattice, cfg.glimpse_size,
                                              (cfg.image_size, cfg.image_size))
-        variances = []
-        for k in range(len(cfg.tasks)):
-            reps = torch.tensor([float(iters[e]) for e in sel if layout[e][1] == k])
-            m[p + f"iters_task{k}"] = reps.mean().item()
+        by_task = counts_by[cond] = {k: [float(iters[e]) for e in sel if layout[e][1] == k]
+                                     for k in range(len(cfg.tasks))}
+        for k, reps in by_task.items():
+            m[p + f"iters_task{k}"] = sum(reps) / len(reps)
             of_task = [e for e in sel if layout[e][1] == k]
             m[p + f"accuracy_task{k}"] = out["correct"][:, of_task, -1].mean().item()
-            if len(reps) > 1:
-                variances.append(reps.var().item())
-        if variances:  # spread of Fig. 5's iteration counts over replicates, averaged over tasks
-            m[p + "iters_var"] = sum(variances) / len(variances)
+        if cfg.replicates > 1:  # §5's "variance": over replicate nets of a task, averaged over tasks
+            m[p + "iters_var"] = pooled_variance(by_task)
+        m[p + "iters_var_all_nets"] = torch.tensor([float(iters[e]) for e in sel]).var().item()
+        m[p + "plateau_sd"] = sum(stats[e]["plateau_sd"] for e in sel) / len(sel)
+        m[p + "plateau_sd_max"] = max(stats[e]["plateau_sd"] for e in sel)
+        m[p + "eval_repeat_sd"] = repeat_sd[sel].mean().item()
+        m[p + "late_count_frac"] = sum(stats[e]["late"] for e in sel) / len(sel)
+        for lv in cfg.accuracy_levels:  # secondary: never reached counts as max_steps (a lower bound)
+            reached = [stats[e][f"to_{lv:g}"] for e in sel]
+            m[p + f"steps_to_{lv:g}"] = sum(cfg.max_steps if r is None else r for r in reached) / len(sel)
+            m[p + f"never_{lv:g}_frac"] = sum(r is None for r in reached) / len(sel)
         m[p + "policy_entropy_t1"] = entropy[sel, 0].mean().item()
         m[p + "policy_entropy_later"] = entropy[sel, 1:].mean().item()
         if hits is not None:
@@ -382,13 +394,24 @@ def summarize_attention(cfg: BOEDConfig, model, curves, data: dict[str, Split],
     main_cond = "partial" if "partial" in cfg.conditions else cfg.conditions[0]
     m.update(accuracy=m[main_cond + "_accuracy"], coverage=m[main_cond + "_coverage"],
              glimpses=float(cfg.num_glimpses), mults=float(cfg.num_glimpses * per_glimpse + classifier),
-             majority_acc=sum(max(q, 1 - q) for q in test.labels.mean(0).tolist()) / len(cfg.tasks))
+             majority_acc=sum(max(q, 1 - q) for q in test.labels.mean(0).tolist()) / len(cfg.tasks),
+             plateau_sd=sum(r["plateau_sd"] for r in stats) / len(stats),
+             eval_repeat_sd=repeat_sd.mean().item(),
+             late_count_frac=sum(r["late"] for r in stats) / len(stats))
     if {"partial", "unsupervised"} <= set(cfg.conditions):
-        m["iters_ratio"] = m["unsupervised_iters_mean"] / max(m["partial_iters_mean"], 1.0)
+        m["iters_ratio"], var_ratio = ratios(counts_by["partial"], counts_by["unsupervised"])
         m["accuracy_gain"] = m["partial_accuracy"] - m["unsupervised_accuracy"]
-        if "partial_iters_var" in m:
-            m["iters_var_ratio"] = m["unsupervised_iters_var"] / max(m["partial_iters_var"], 1.0)
+        if cfg.replicates > 1:
+            m["iters_var_ratio"] = var_ratio
+            m.update(bootstrap_ratios(counts_by["partial"], counts_by["unsupervised"], cfg.bootstrap_draws,
+                                      cfg.seed))
+        m["iters_var_all_nets_ratio"] = (m["unsupervised_iters_var_all_nets"]
+                                         / max(m["partial_iters_var_all_nets"], 1.0))
+        for lv in cfg.accuracy_levels:
+            m[f"steps_to_{lv:g}_ratio"] = (m[f"unsupervised_steps_to_{lv:g}"]
+                                           / max(m[f"partial_steps_to_{lv:g}"], 1.0))
     figure = {"members": layout, "iters": iters, "curves": {str(e): curves[e] for e in curves},
+              "curve_stats": stats,
               "location_counts": counts.tolist()}
     return m, figure
 
