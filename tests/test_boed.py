@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import UserError
 from core.glimpse import lattice_top_left, observation_mask
 from core.metrics import count_multiplications, count_parameters
 from papers.boed.config import CELEBA_ATTRIBUTES, get_config
@@ -336,7 +337,8 @@ def test_variance_is_over_replicates_within_tasks_with_bootstrap_intervals():
     assert mean_ratio == pytest.approx(2.0) and var_ratio == pytest.approx(100.0)
     ci = bootstrap_ratios(partial, unsup, draws=300, seed=0)
     assert ci["iters_ratio_lo"] <= mean_ratio <= ci["iters_ratio_hi"]
-    assert ci["iters_ratio_lo"] < ci["iters_ratio_hi"] and ci["iters_var_ratio_lo"] <= ci["iters_var_ratio_hi"]
+    assert ci["iters_ratio_lo"] < ci["iters_ratio_hi"]
+    assert ci["iters_var_ratio_lo"] <= ci["iters_var_ratio_hi"]
     same = bootstrap_ratios({0: [5.0, 5.0]}, {0: [10.0, 10.0]}, draws=20)
     assert same["iters_ratio_lo"] == same["iters_ratio_hi"] == pytest.approx(2.0)
 
@@ -425,10 +427,11 @@ def test_smoke_runs_write_metrics_sequences_and_figures(tmp_path):
 
 def test_real_dataset_path_reads_a_local_imagefolder(tmp_path):
     """The paper-scale data path (core.data.build_dataset on a folder, one label column per task, the
-    official consecutive train / val / test ranges, database = training images outside the design set)."""
+    official consecutive train / val / test ranges; without a database, the images after the design set are
+    the database and g trains only on the rest, so the two are disjoint)."""
     from PIL import Image
 
-    from papers.boed.train import load_data
+    from papers.boed.train import check_database, load_data, posterior_range
 
     rng = torch.Generator().manual_seed(0)
     for i in range(10):
@@ -438,11 +441,17 @@ def test_real_dataset_path_reads_a_local_imagefolder(tmp_path):
         Image.fromarray(pixels).save(folder / f"{i}.png")
     cfg = dataclasses.replace(get_config("smoke"), dataset=str(tmp_path / "faces"), tasks=("label",),
                               image_size=16, channels=3, glimpse_size=4, lattice=3, train_size=6,
-                              design_size=2, sequences_per_task=2, val_size=2, test_size=2, database_size=100)
+                              design_size=2, sequences_per_task=2, val_size=2, test_size=2, database_size=3)
     data = load_data(cfg)
     assert data["train"].images.shape == (6, 3, 16, 16) and data["test"].images.shape == (2, 3, 16, 16)
-    assert data["database"].images.shape == (4, 3, 16, 16)  # training images 2..5
-    assert torch.equal(data["database"].images, data["train"].images[2:])
+    assert data["database"].images.shape == (3, 3, 16, 16)  # training images 2..4
+    assert torch.equal(data["database"].images, data["train"].images[2:5])
+    assert posterior_range(cfg) == (5, 6)  # g trains on image 5 only
+    with pytest.raises(UserError, match="no training image left"):
+        load_data(dataclasses.replace(cfg, database_size=4))
+    with pytest.raises(UserError, match="GB as uint8"):
+        check_database(dataclasses.replace(get_config("celeba-hq"), database="gan-samples",
+                                           database_size=10**8))  # 15 TB
     assert set(data["train"].labels.flatten().tolist()) <= {0.0, 1.0}
     x = data["val"].images_float()
     assert x.min() >= -1 and x.max() <= 1 and x.min() < 0  # official normalisation to [-1, 1]

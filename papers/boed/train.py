@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -116,7 +117,9 @@ def _hub_split(cfg: BOEDConfig, split: str, n: int) -> Split:
     """A real attribute dataset through core.data.build_dataset (hub id or local folder), one label column per
     task. Like the official code, train / val / test are consecutive ranges of its "train" split (CelebA-HQ:
     27,000 / 500 / 2,500 of 30,000, the first design_size training images being the design set). The retrieval
-    database is `database` (labels ignored) or, if empty, the training images outside the design set."""
+    database is `database` (labels ignored) or, if empty, the database_size training images after the design
+    set, which the posterior CNN then does not train on (`posterior_range`): the paper's database (1.5M GAN
+    samples) was disjoint from g's training set."""
     from core.data import build_dataset
 
     if split == "database" and cfg.database:
@@ -126,8 +129,6 @@ def _hub_split(cfg: BOEDConfig, split: str, n: int) -> Split:
                            label_column=list(cfg.tasks))
         offset = {"train": 0, "val": cfg.train_size, "test": cfg.train_size + cfg.val_size,
                   "database": cfg.design_size}[split]
-        if split == "database":
-            n = min(n, cfg.train_size - cfg.design_size)
     if len(ds) < offset + n:
         source = cfg.database if split == "database" and cfg.database else cfg.dataset
         raise UserError(f"{source}: the {split} split needs images {offset}..{offset + n - 1}, "
@@ -142,7 +143,33 @@ def _hub_split(cfg: BOEDConfig, split: str, n: int) -> Split:
     return Split(images, labels, normalise=True)
 
 
+def posterior_range(cfg: BOEDConfig) -> tuple[int, int]:
+    """The training images [start, stop) g trains on: outside the design set and the retrieval database."""
+    carved = cfg.dataset != "slot-digits" and not cfg.database  # the database is cut from the training range
+    return cfg.design_size + (cfg.database_size if carved else 0), cfg.train_size
+
+
+def check_database(cfg: BOEDConfig) -> None:
+    """One-line refusals, before anything is loaded, of a database that cannot be used: one that leaves g no
+    training images, or one whose uint8 images (held in host memory; floats exist one chunk at a time)
+    exceed 80% of this machine's memory."""
+    start, stop = posterior_range(cfg)
+    if start >= stop:
+        raise UserError(f"database is empty, so the database_size={cfg.database_size} images after the "
+                        f"design set are the retrieval database and g would have no training image left: set "
+                        f"database=<hub id or folder> (the paper: 1.5M GAN samples) or database_size < "
+                        f"{cfg.train_size - cfg.design_size}")
+    need = cfg.database_size * cfg.channels * cfg.image_size ** 2
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if need > 0.8 * have:
+        raise UserError(f"database_size={cfg.database_size:,} images of {cfg.channels}x{cfg.image_size}^2 "
+                        f"need {need / 1e9:.0f} GB as uint8, this machine has {have / 1e9:.0f} GB: lower "
+                        f"database_size or shard the design over machines (papers/boed/README.md)")
+
+
 def load_data(cfg: BOEDConfig, splits=("train", "val", "test", "database")) -> dict[str, Split]:
+    if "database" in splits:
+        check_database(cfg)
     sizes = {"train": cfg.train_size, "val": cfg.val_size, "test": cfg.test_size,
              "database": cfg.database_size}
     make = _slot_split if cfg.dataset == "slot-digits" else _hub_split
@@ -191,7 +218,7 @@ def train_posterior(cfg: BOEDConfig, data: dict[str, Split], out: Path) -> Poste
         nll = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1)
         return {"nll": nll, "acc": ((logits > 0).float() == labels).float().mean(1)}
 
-    train_set = Indexed(data["train"], torch.arange(cfg.design_size, cfg.train_size))
+    train_set = Indexed(data["train"], torch.arange(*posterior_range(cfg)))
     optimizer = torch.optim.Adam(g.parameters(), lr=cfg.posterior_lr)
     metrics = train(_loop(cfg, out, cfg.posterior_steps, cfg.posterior_batch_size), g, optimizer, train_set,
                     step_fn, Indexed(data["val"]), eval_fn)
