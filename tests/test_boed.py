@@ -27,9 +27,11 @@ from papers.boed.curves import (
 )
 from papers.boed.data import SlotDigits, parse_task
 from papers.boed.design import (
+    Database,
     PosteriorCNN,
     bernoulli_entropy,
     design_sequence,
+    effective_samples,
     expected_posterior_entropy,
     glimpse_hits,
     heuristic_log_probs,
@@ -143,6 +145,29 @@ def test_retrieval_weights_favour_agreement_and_prior_is_uniform():
     assert log_w.argmax().item() == 3 and log_w[3].item() == pytest.approx(0.0)
     assert torch.equal(retrieval_log_weights(database, image, torch.zeros(0, 2, dtype=torch.long), 4, 1.0),
                        torch.zeros(6))
+
+
+@pytest.mark.unit
+def test_database_chunks_shifts_and_flips_and_the_design_logs_sample_diversity():
+    images = torch.randint(1, 256, (3, 1, 6, 6), dtype=torch.uint8)
+    plain = Database(images, lambda x: x.float() / 255, chunk=2)
+    assert len(plain) == 3 and torch.equal(plain.get(torch.tensor([2, 0])), images[[2, 0]].float() / 255)
+    db = Database(images, lambda x: x.float() / 255, chunk=2, shift=1, flip=True)
+    assert len(db) == 3 * 9 * 2
+    v = db.variants.index((1, 0, False))  # moved down one pixel, the top row filled with pixel 0
+    moved = db.get(torch.tensor([v * 3 + 1]))[0, 0]
+    assert torch.equal(moved[1:], images[1, 0, :-1].float() / 255) and (moved[0] == 0).all()
+    v = db.variants.index((0, 0, True))
+    assert torch.equal(db.get(torch.tensor([v * 3])), images[:1].float().flip(-1) / 255)
+    image, observed = images[1].float() / 255, torch.tensor([[0, 0]])
+    every = db.get(torch.arange(len(db)))
+    assert torch.allclose(db.log_weights(image, observed, 3, 0.5),
+                          retrieval_log_weights(every, image, observed, 3, 0.5))
+    log = []
+    design_sequence(PixelOracle(), image, db, 0, torch.tensor([[0, 0], [3, 3]]), 3, 3, 8, (1.0, 1.0),
+                    generator=torch.Generator().manual_seed(0), log=log)
+    assert [r["t"] for r in log] == [0, 1, 2] and all(1 <= r["distinct"] <= 8 and r["ess"] >= 1 for r in log)
+    assert effective_samples(torch.tensor([0.0, 0.0, -1e9])) == pytest.approx(2.0)
 
 
 def test_sample_images_counts_are_an_n_sample_average():

@@ -102,6 +102,13 @@ class BOEDConfig:
     noise_var: tuple[float, ...] = (5.0, 10.0, 20.0, 40.0, 80.0)
     """Variance of the Gaussian likelihood of observed pixels given a database image, indexed by the number
     of observed glimpses minus one (official schedule 5, 10, 20, 40, 80, on [-1, 1] pixels)."""
+    retrieval_shift: int = 0
+    """Database images also enter r_img shifted by up to this many pixels (official: +-4 px; off here by
+    default: it multiplies the retrieval cost by the number of shifts)."""
+    retrieval_shift_step: int = 1
+    """Pixel step of those shifts."""
+    retrieval_flip: bool = False
+    """Database images also enter r_img mirrored (official: flipped images added)."""
     sequences_per_task: int = 600
     """Near-optimal sequences designed per task (§5: 600)."""
     design_chunk: int = 4096

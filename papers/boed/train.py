@@ -35,6 +35,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
+from accelerate.utils import gather_object
 from torch.utils.data import Dataset
 
 from core.cli import main_guard, parse_args, save_config
@@ -47,6 +48,7 @@ from papers.boed.config import BOEDConfig, get_config
 from papers.boed.curves import bootstrap_ratios, curve_stats, pooled_variance, ratios
 from papers.boed.data import SlotDigits
 from papers.boed.design import (
+    Database,
     PosteriorCNN,
     bernoulli_entropy,
     candidate_masks,
@@ -86,8 +88,16 @@ class Split:
     boxes: list[torch.Tensor] | None = None  # per task, the (n, 4) boxes deciding it (slot-digits)
 
     def images_float(self, index=slice(None)) -> torch.Tensor:
-        x = self.images[index].float() / 255
+        return self.to_float(self.images[index])
+
+    def to_float(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float() / 255
         return (x - 0.5) / 0.5 if self.normalise else x  # official: Normalize(mean 0.5, std 0.5)
+
+    def database(self, cfg: BOEDConfig, device) -> Database:
+        """These images as r_img's retrieval database (floats made chunk by chunk on device)."""
+        return Database(self.images, self.to_float, device, cfg.design_chunk, cfg.retrieval_shift,
+                        cfg.retrieval_shift_step, cfg.retrieval_flip)
 
 
 class Indexed(Dataset):
@@ -311,30 +321,32 @@ def first_step_epe(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], dev
     """EPE_{0,0}(l) for every candidate and task, (L, K): nothing observed, so r_img is the database prior
     (N uniform draws) and the map is the same for every image."""
     lattice = lattice_top_left(cfg.image_size, cfg.glimpse_size, cfg.lattice)
-    db = data["database"]
+    db = data["database"].database(cfg, device)
     # Its own generator: every process of a multi-process run must draw the same prior samples.
     generator = torch.Generator().manual_seed(cfg.seed)
-    draws = torch.randint(len(db.images), (cfg.num_samples,), generator=generator)
+    draws = torch.randint(len(db), (cfg.num_samples,), generator=generator)
     index, counts = torch.unique(draws, return_counts=True)
     image = torch.zeros(cfg.channels, cfg.image_size, cfg.image_size)
     return expected_posterior_entropy(g, image.to(device), torch.zeros(0, 2, dtype=torch.long, device=device),
-                                      lattice.to(device), db.images_float(index).to(device),
+                                      lattice.to(device), db.get(index),
                                       (counts.double() / cfg.num_samples).to(device), cfg.glimpse_size,
                                       cfg.design_chunk).cpu()
 
 
 @torch.no_grad()
 def design_all(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], epe0: torch.Tensor, out: Path,
-               state: PartialState) -> torch.Tensor:
+               state: PartialState) -> tuple[torch.Tensor, dict[str, list[float]]]:
     """Sequences (sequences_per_task, K, T) of lattice indices for the first training images, designed per
     task and image (the process's shard of them; files already written are reused, so a killed run
-    resumes)."""
+    resumes), and per searched step the mean distinct posterior samples and effective sample size of the
+    retrieval weights over the sequences designed by this run (a collapse onto one completion shows as ~1)."""
     lattice = lattice_top_left(cfg.image_size, cfg.glimpse_size, cfg.lattice)
     device = state.device
     g = g.to(device)
     masks = candidate_masks((cfg.image_size,) * 2, lattice, cfg.glimpse_size).to(device)
-    database = data["database"].images_float().to(device)
+    database = data["database"].database(cfg, device)
     first = epe0.argmin(0)  # (K,)
+    log: list[dict] = []
     path = lambda k, i: out / "sequences" / cfg.tasks[k] / f"{i}.txt"  # noqa: E731
     jobs = [(k, i) for k in range(len(cfg.tasks)) for i in range(cfg.sequences_per_task)]
     for k, i in jobs[state.process_index::state.num_processes]:
@@ -344,12 +356,16 @@ def design_all(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], epe0: t
         image = data["train"].images_float(i).to(device)
         chosen, _ = design_sequence(g, image, database, k, lattice.to(device), cfg.glimpse_size,
                                     cfg.num_glimpses, cfg.num_samples, cfg.noise_var, int(first[k]),
-                                    generator, cfg.design_chunk, masks)
+                                    generator, cfg.design_chunk, masks, log)
         write_sequence(path(k, i), lattice[chosen.cpu()])
+    log = gather_object(log) if state.num_processes > 1 else log
+    steps = sorted({r["t"] for r in log})
+    stats = {name: [sum(r[name] for r in log if r["t"] == t) / sum(r["t"] == t for r in log) for t in steps]
+             for name in ("distinct", "ess")}
     state.wait_for_everyone()
     seqs = torch.stack([torch.stack([read_sequence(path(k, i)) for k in range(len(cfg.tasks))])
                         for i in range(cfg.sequences_per_task)])  # (n, K, T, 2) top-left corners
-    return lattice_index(seqs, lattice)
+    return lattice_index(seqs, lattice), {"steps": steps, **stats}
 
 
 @torch.no_grad()
@@ -482,8 +498,11 @@ def run_supervision(cfg: BOEDConfig, data: dict[str, Split], out: Path, state: P
         g = train_posterior(cfg, data, out / "posterior")
         start = time.perf_counter()
         epe0 = first_step_epe(cfg, g.to(state.device), data, state.device)
-        sequences = design_all(cfg, g, data, epe0, out, state)  # (n, K, T)
+        sequences, retrieval = design_all(cfg, g, data, epe0, out, state)  # (n, K, T)
         figure["design_seconds"] = time.perf_counter() - start
+        figure["design_retrieval"] = retrieval
+        for t, distinct, ess in zip(retrieval["steps"], retrieval["distinct"], retrieval["ess"], strict=True):
+            m[f"design_distinct_t{t + 1}"], m[f"design_ess_t{t + 1}"] = distinct, ess
         m.update(design_metrics(cfg, g.cpu(), data, epe0, sequences))
         figure.update(epe_first=epe0.tolist(), sequences=sequences[:50].tolist())
         n = cfg.sequences_per_task
