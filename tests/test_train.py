@@ -17,6 +17,7 @@ from typing import Literal
 import pytest
 import torch
 import torch.nn.functional as F
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
@@ -104,6 +105,30 @@ def test_nan_loss_stops_with_user_error_and_keeps_last_good_checkpoint(tmp_path)
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("launcher, configured, used", [("bf16", None, "bf16"), (None, None, "no"),
+                                                         ("bf16", "no", "no")])
+def test_precision_defers_to_the_launcher_and_is_recorded(tmp_path, monkeypatch, launcher, configured, used):
+    # `accelerate launch --mixed_precision bf16` reaches the process as this variable; an explicit value wins.
+    if launcher is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
+    AcceleratorState._reset_state(True)  # a launched process starts without one; keep no test's precision
+    model, optimizer, data = _setup()
+    loop = LoopConfig(max_steps=2, batch_size=8, mixed_precision=configured, output_dir=str(tmp_path),
+                      cpu=True, channels_last=True)
+    seen = []  # accelerate autocasts inside the prepared model's forward
+    model[0].register_forward_pre_hook(lambda *_: seen.append(
+        torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+    train(loop, model, optimizer, data, _step)
+    assert seen[-1] == (torch.bfloat16 if used == "bf16" else None)  # the precision takes effect
+    assert json.loads((tmp_path / "run.json").read_text()) == {
+        "mixed_precision": used, "device": "cpu", "num_processes": 1,
+        "memory_format": "contiguous", "compile": "none"}  # channels_last applies on CUDA only
+    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.unit
 def test_step_sampler_is_a_function_of_seed_and_step_and_shards_global_batches():
     def first(sampler, k):
         it = iter(sampler)
@@ -180,10 +205,22 @@ def two_process_run(tmp_path_factory):
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), str(TOY), "--config", "tiny", "--output-dir", str(out),
            "--set", "steps=20"]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True,
-                          text=True, timeout=300)
+    env = {**ENV, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}  # 2 CPU processes on any machine
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     return out
+
+
+@pytest.mark.smoke
+def test_accelerate_launch_mixed_precision_is_used_and_recorded(tmp_path):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+           "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no", str(TOY),
+           "--config", "tiny", "--output-dir", str(tmp_path), "--set", "steps=2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**ENV, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["mixed_precision"] == "bf16" and run["device"] == "cpu" and run["num_processes"] == 1
 
 
 @pytest.mark.smoke
@@ -193,6 +230,9 @@ def test_two_processes_end_with_identical_parameters(two_process_run):
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
     assert (two_process_run / "checkpoints" / "step_20" / "random_states_1.pkl").exists()
     assert [r["step"] for r in _records(two_process_run / "metrics.jsonl")] == list(range(1, 21))
+    run = json.loads((two_process_run / "run.json").read_text())
+    assert run == {"mixed_precision": "no", "device": "cpu", "num_processes": 2,
+                   "memory_format": "contiguous", "compile": "none"}
 
 
 @pytest.mark.smoke
