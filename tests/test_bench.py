@@ -32,12 +32,16 @@ def test_row_copy_fast_path_equals_gather_path(monkeypatch):
     inside = torch.stack([torch.randint(0, 20, (3, 4)), torch.randint(0, 28, (3, 4))], -1)
     overhang = inside - 5
     assert glimpse._rows_inside(images, inside, (10, 12)) is not None
-    assert glimpse._rows_inside(images, overhang, (10, 12)) is not None  # from a zero-padded copy
+    assert glimpse._rows_inside(images, overhang, (10, 12)) is not None  # overhang zeroed after the copy
     assert glimpse._rows_inside(images, overhang, (10, 12), "border") is None  # the gather clamps
-    assert glimpse._rows_inside(images, inside - 100, (10, 12)) is None  # padding would be huge
-    fast = [glimpse.extract_patches(images, tl, (10, 12)) for tl in (inside, overhang, inside - 100)]
+    # Wholly outside, and overhanging both ends of the flattened batch (runs re-read pixel by pixel).
+    corners = torch.tensor([[[-100, -100], [-3, -5], [25, 35], [0, 0]]]).expand(3, 4, 2)
+    far = [inside - 100, corners, torch.cat([overhang, inside + 5], 1)]
+    assert all(glimpse._rows_inside(images, tl, (10, 12)) is not None for tl in far)
+    cases = [inside, overhang, *far]
+    fast = [glimpse.extract_patches(images, tl, (10, 12)) for tl in cases]
     monkeypatch.setattr(glimpse, "_rows_inside", lambda *a: None)
-    for out, tl in zip(fast, (inside, overhang, inside - 100), strict=True):
+    for out, tl in zip(fast, cases, strict=True):
         assert torch.equal(out, glimpse.extract_patches(images, tl, (10, 12)))
 
 
