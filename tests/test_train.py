@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 
 from core.cli import main_guard, parse_args, parse_value
 from core.errors import UserError
-from core.train import LoopConfig, StepSampler, checkpoint_steps, train
+from core.train import LoopConfig, StepSampler, checkpoint_steps, loader_options, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = ROOT / "tests" / "fixtures" / "toy_paper" / "train.py"
@@ -126,6 +126,26 @@ def test_precision_defers_to_the_launcher_and_is_recorded(tmp_path, monkeypatch,
         "mixed_precision": used, "device": "cpu", "num_processes": 1,
         "memory_format": "contiguous", "compile": "none"}  # channels_last applies on CUDA only
     AcceleratorState._reset_state(True)
+
+
+@pytest.mark.unit
+def test_loader_workers_default_from_cores_persist_and_train_like_none(tmp_path, monkeypatch):
+    class Accel:
+        num_processes, device = 2, torch.device("cpu")
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    auto = loader_options(LoopConfig(max_steps=1, batch_size=1, num_workers=None), Accel())
+    assert auto == {"num_workers": 7, "pin_memory": False, "persistent_workers": True, "prefetch_factor": 4}
+    assert loader_options(LoopConfig(max_steps=1, batch_size=1), Accel()) == {"num_workers": 0,
+                                                                              "pin_memory": False}
+    # One persistent worker through accelerate's prepared eval loader, evaluated twice: same result as none.
+    results = []
+    for workers in (0, 1):
+        model, optimizer, data = _setup()
+        loop = LoopConfig(max_steps=2, batch_size=8, eval_every=1, num_workers=workers,
+                          output_dir=str(tmp_path / str(workers)), cpu=True)
+        results.append(train(loop, model, optimizer, data, _step, data, _eval))
+    assert results[0] == results[1]
 
 
 @pytest.mark.unit
