@@ -70,7 +70,8 @@ def test_quick_bench_writes_every_target(tmp_path):
     assert len(ids) == len(set(ids))
     for kind in ("glimpse/retina_wsram/vs_loop", "glimpse/crops_tnet_imagenet/vs_gather",
                  "glimpse/patches_boed/vs_loop", "tnet/table1/cpu/1loc/latency",
-                 "tnet/table2/cpu/2loc/memory"):
+                 "tnet/table2/cpu/2loc/memory", "loader/tnet_train_224/per_core",
+                 "loader/saccader_train_224/per_core"):
         assert kind in ids
     for row in result["targets"]:
         assert math.isfinite(row["measured"]) and row["measured"] > 0, row
@@ -80,6 +81,7 @@ def test_quick_bench_writes_every_target(tmp_path):
         assert entry["images_per_s"] > 0
     assert set(result["training"]) == {"tnet/smoke", "saccader/smoke/policy", "wsram/smoke", "boed/smoke"}
     assert all(v == {"note": "no stored result"} for v in result["sessions"].values())
+    assert all(rate > 0 for rate in result["loader"]["images_per_cpu_s"].values())
 
 
 @pytest.mark.unit
