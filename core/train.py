@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import RNG_STATE_NAME, broadcast, load, send_to_device, set_seed
+from accelerate.utils import (
+    RNG_STATE_NAME,
+    broadcast,
+    extract_model_from_parallel,
+    load,
+    send_to_device,
+    set_seed,
+)
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
@@ -176,6 +183,12 @@ def evaluate(accelerator: Accelerator, model, loader: DataLoader, eval_fn: EvalF
                 values[name].append(v.detach().double().cpu())
     model.train()
     return {name: torch.cat(v).mean().item() for name, v in values.items()}
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The paper's own module inside whatever the accelerator wrapped it in (DDP, FSDP, torch.compile), for
+    step functions that read its attributes; the accelerator's own unwrapping, not `model.module`."""
+    return extract_model_from_parallel(model, keep_torch_compile=False)
 
 
 def write_run_record(out: Path, accelerator: Accelerator, channels_last: bool, compiled: bool) -> Path:
