@@ -43,7 +43,7 @@ from core.data.transforms import Compose, RandomResizedCrop, Resize, ToSigned
 from core.errors import UserError
 from core.estimators import batch_mean_baseline, reinforce_loss
 from core.results import save_result
-from core.train import LoopConfig, train
+from core.train import LoopConfig, train, unwrap
 from papers.saccader.config import SaccaderConfig, get_config
 from papers.saccader.data import DigitPairs
 from papers.saccader.evaluate import LEARNED_NAME, classifier_eval_fn, make_eval_fn, saccader_glimpses
@@ -86,10 +86,6 @@ def max_logit_order(num_glimpses: int):
     return lambda logits_map: logits_map.flatten(2).amax(1).topk(num_glimpses, -1).indices
 
 
-def _unwrap(model):
-    return getattr(model, "module", model)
-
-
 def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
     """step_fn(model, batch, step) -> (loss, stats) of one stage; L2 terms live in the optimiser.
     `saccader`: the trained Saccader whose glimpses the patch classifier learns from."""
@@ -101,7 +97,7 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
         return loss, {"train_accuracy": (logits.argmax(1) == targets).float().mean().item()}
 
     def location(model, batch, step):  # eq. 5
-        _unwrap(model).backbone.eval()  # "fixed from BagNet-77-lowD" (Table Supp.5 *): BN statistics too
+        unwrap(model).backbone.eval()  # "fixed from BagNet-77-lowD" (Table Supp.5 *): BN statistics too
         T = cfg.pretrain_glimpses
         out = model(batch[0], T, locations=max_logit_order(T), detach_representation=True)
         loss = -out["log_prob"].sum(1).mean()

@@ -27,7 +27,7 @@ from core.data import DigitCanvas, build_dataset, list_datasets
 from core.data.transforms import random_resized_crop_box, resize, to_signed
 from core.errors import UserError
 from core.results import save_result
-from core.train import LoopConfig, train
+from core.train import LoopConfig, train, unwrap
 from papers.tnet.config import TNetConfig, get_config
 from papers.tnet.evaluate import cost_metrics, load_weights, make_eval_fn
 from papers.tnet.model import build_model, tnet_loss
@@ -136,7 +136,7 @@ def make_step_fn(cfg: TNetConfig):
         if cfg.mc_samples > 1:  # M Monte Carlo samples per image = the batch repeated (eq. 1)
             images, targets = images.repeat(cfg.mc_samples, 1, 1, 1), targets.repeat(cfg.mc_samples)
         out = model(images)
-        loss, stats = tnet_loss(out, targets, getattr(model, "module", model).baseline, cfg)
+        loss, stats = tnet_loss(out, targets, unwrap(model).baseline, cfg)
         stats["train_accuracy"] = stats.pop("reward")
         return loss, stats
 
