@@ -363,8 +363,8 @@ def test_a_flagged_run_blocks_required_claims_and_skips_smoke(tmp_path, capsys):
                     SMOKE.format(claims='["high_beats_low"]', high=0.8))
     assert _run(spec, tmp_path, "--update") == 1
     out = capsys.readouterr().out
-    assert ("required claim low_beats_chance does not hold (flagged: low seed 0: spread not written, needs >= "
-            "0.1 (still at chance); low seed 1: spread not written") in out
+    assert ("required claim low_beats_chance does not hold (flagged: low seed 0: spread not written, "
+            "needs >= 0.1 (still at chance); low seed 1: spread not written") in out
     assert not (tmp_path / "results" / "fake").exists()
     assert load_spec(spec, "smoke").health == []  # a few updates learn nothing: no rule applies by default
     assert _run(spec, tmp_path, scale="smoke") == 0
