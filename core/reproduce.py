@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
             if script.is_relative_to(REPO_ROOT):
                 script = script.relative_to(REPO_ROOT)
             configs[run.name] = {"script": script.as_posix(), "config": run.config, "set": run.set,
-                                 "resolved": json.loads(resolved.read_text()) if resolved.exists() else None}
+                                 "resolved": _portable_config(resolved)}
         run_walls = {f"{run}/seed{seed}": round(r["wall_s"], 2) for (run, seed), r in results.items()}
         run_cpus = {f"{run}/seed{seed}": round(r["cpu_s"], 2) for (run, seed), r in results.items()}
         prov = provenance(configs=configs, seeds=spec.seeds, wall_time_s=wall, jobs=jobs,
@@ -453,6 +453,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nPASS: {len(measured)} metrics within tolerance, {len(claims)} claims as stored "
               f"({wall:.0f}s)")
     return 0
+
+
+def _portable_config(path: Path) -> dict | None:
+    """A run's resolved config.json without its output directory, a temporary path of the machine."""
+    if not path.exists():
+        return None
+    config = json.loads(path.read_text())
+    config.pop("output_dir", None)
+    return config
 
 
 def _expected_seconds(stored: dict | None) -> dict[str, float]:

@@ -64,6 +64,20 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def portable_command(argv: list[str]) -> str:
+    """The command as a reader can rerun it from a checkout: the interpreter as `python` and paths inside
+    the repository relative to it, so that no machine's absolute paths enter the stored results."""
+    words = []
+    for i, word in enumerate(argv):
+        path = Path(word)
+        if i == 0 and (word == sys.executable or path.name.startswith("python")):
+            word = "python"
+        elif path.is_absolute() and path.resolve().is_relative_to(REPO_ROOT):
+            word = path.resolve().relative_to(REPO_ROOT).as_posix()
+        words.append(word)
+    return shlex.join(words)
+
+
 def provenance(configs: dict | None = None, seeds: list[int] | None = None,
                wall_time_s: float | None = None, command: list[str] | None = None, **extra) -> dict:
     """Everything needed to tell where a number came from: code version, command, configs, seeds,
@@ -81,7 +95,7 @@ def provenance(configs: dict | None = None, seeds: list[int] | None = None,
     return {
         "git_commit": commit,
         "git_dirty": bool(_git("status", "--porcelain")) if commit else None,
-        "command": shlex.join(command if command is not None else [sys.executable, *sys.argv]),
+        "command": portable_command(command if command is not None else [sys.executable, *sys.argv]),
         "configs": configs or {},
         "seeds": list(seeds or []),
         "packages": versions,
