@@ -10,13 +10,16 @@ Saccader (cfg.model = "saccader"), each step in its own <output-dir>/<folder>/ (
                     engineered policies (random, ordered logits, Sobel) are evaluated on this BagNet;
   <variant>/location/  eq. 5: the location network (attention network, mixing conv, cell) learns to emit
                     the locations in decreasing order of their maximum logit, T = 12, teacher-forced
-                    state C, no gradient into the (frozen, eval-mode) representation network;
+                    state C, no gradient into the (frozen, eval-mode) representation network; averaged
+                    over glimpses (official) or summed (cfg.location_loss);
   <variant>/policy/ eq. 6: REINFORCE on S = 2 sampled trajectories of T = 6 glimpses with the batch-mean
-                    accuracy as baseline, + cross-entropy of the mean glimpse logits, L2 lambda and nu.
+                    accuracy as baseline (averaged as officially, or summed: cfg.policy_gradient),
+                    + cross-entropy of the mean glimpse logits, L2 lambda and nu (cfg.l2_form).
   Every variant of cfg.variants starts from the same representation network (the ablations of
   Fig. Supp.3 skip eq. 5 or the attention network).
 DRAM (cfg.model = "dram"): pretrain_wide/ and pretrain_narrow/ (classification pretraining on 200 then
-77 px fields of view, random policy, App. C), policy/ (hybrid loss: cross-entropy + 0.1 x REINFORCE with
+77 px fields of view, random policy, App. C; cfg.dram_pretraining_schedule: a schedule each or one over
+both), policy/ (refused below cfg.dram_min_pretrain_accuracy x chance) (hybrid loss: cross-entropy + 0.1 x REINFORCE with
 S = 2 and the accuracy baseline). BagNet / ResNet baselines: representation/ (eq. 7).
 
 Writes <output-dir>/config.json, metrics.jsonl (every stage, steps numbered across stages) and
