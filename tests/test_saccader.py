@@ -17,7 +17,7 @@ from papers.saccader import figures
 from papers.saccader.config import get_config
 from papers.saccader.data import DigitPairs
 from papers.saccader.dram import DRAM, TFLSTMCell
-from papers.saccader.evaluate import evaluate_run, occlude, parts_seen
+from papers.saccader.evaluate import evaluate_run, interpolate, occlude, occlusion_standard_errors, parts_seen
 from papers.saccader.model import Saccader, SaccaderCell, build_model, patch_classifier
 from papers.saccader.policies import POLICIES, select_locations
 from papers.saccader.train import (
@@ -194,6 +194,17 @@ def test_dram_policy_stage_refuses_a_classifier_near_chance():
         check_dram_pretraining(cfg, {"pretrain_narrow_accuracy": 0.15})
     unchecked = dataclasses.replace(cfg, dram_min_pretrain_accuracy=0)
     check_dram_pretraining(unchecked, {"pretrain_narrow_accuracy": 0.1})
+
+
+@pytest.mark.unit
+def test_occlusion_comparator_is_interpolated_at_equal_area():
+    xs = torch.tensor([[0.0, 0.2, 0.4], [0.0, 0.3, 0.3]])
+    ys = torch.tensor([[1.0, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    assert torch.allclose(interpolate(torch.tensor([0.3, 0.15]), xs, ys), torch.tensor([0.25, 0.5]))
+    assert torch.allclose(interpolate(torch.tensor([0.9, 0.0]), xs, ys), torch.tensor([0.0, 1.0]))
+    se = occlusion_standard_errors({"occlusion_gap_x": 0.5, "occlusion_gap_sq_x": 0.5}, 5)
+    assert set(se) == {"occlusion_gap_x", "occlusion_gap_se_x"}
+    assert se["occlusion_gap_se_x"] == pytest.approx((0.25 * 5 / 4 / 5) ** 0.5)
 
 
 def test_no_attention_network_ablation():

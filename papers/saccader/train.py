@@ -19,8 +19,8 @@ Saccader (cfg.model = "saccader"), each step in its own <output-dir>/<folder>/ (
   Fig. Supp.3 skip eq. 5 or the attention network).
 DRAM (cfg.model = "dram"): pretrain_wide/ and pretrain_narrow/ (classification pretraining on 200 then
 77 px fields of view, random policy, App. C; cfg.dram_pretraining_schedule: a schedule each or one over
-both), policy/ (refused below cfg.dram_min_pretrain_accuracy x chance) (hybrid loss: cross-entropy + 0.1 x REINFORCE with
-S = 2 and the accuracy baseline). BagNet / ResNet baselines: representation/ (eq. 7).
+both), policy/ (hybrid loss: cross-entropy + 0.1 x REINFORCE with S = 2 and the accuracy baseline;
+refused below cfg.dram_min_pretrain_accuracy x chance). BagNet / ResNet baselines: representation/ (eq. 7).
 
 Writes <output-dir>/config.json, metrics.jsonl (every stage, steps numbered across stages) and
 final_metrics.json (evaluate.py's metrics, e.g. accuracy_<policy>_T<k>, and test_accuracy).
@@ -50,7 +50,13 @@ from core.results import save_result
 from core.train import LoopConfig, train
 from papers.saccader.config import SaccaderConfig, get_config
 from papers.saccader.data import DigitPairs
-from papers.saccader.evaluate import LEARNED_NAME, classifier_eval_fn, make_eval_fn, saccader_glimpses
+from papers.saccader.evaluate import (
+    LEARNED_NAME,
+    classifier_eval_fn,
+    make_eval_fn,
+    occlusion_standard_errors,
+    saccader_glimpses,
+)
 from papers.saccader.model import (
     build_model,
     classification_loss,
@@ -265,6 +271,7 @@ class Pipeline:
         return metrics
 
     def finish(self) -> dict[str, float]:
+        self.metrics = occlusion_standard_errors(self.metrics, len(self.eval_set))
         if self.state.is_main_process:
             (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.log))
             save_result(self.out / "final_metrics.json", self.metrics)
