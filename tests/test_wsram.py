@@ -129,9 +129,9 @@ def _elementwise_grads(t, params):
                                      for b in range(B)]) for m in range(M)])
 
 
-@pytest.mark.parametrize("name", [*VARIANTS, "wsram_c_tempered"])
+@pytest.mark.parametrize("name", [*VARIANTS, "var_c_tempered", "wsram_qc_tempered"])
 def test_surrogate_gradient_matches_the_papers_equation(name):
-    fields = VARIANTS.get(name, dict(estimator="wsram", control_variates=True))
+    fields = VARIANTS[name.removesuffix("_tempered")]
     cfg = tiny(**fields, explore_temperature=name.endswith("tempered"), temperature=2.0)
     torch.manual_seed(0)
     model = build_model(cfg).double()
@@ -145,8 +145,12 @@ def test_surrogate_gradient_matches_the_papers_equation(name):
     M, B = log_py.shape
     if cfg.estimator == "var":  # eq. 5 (+c: leave-one-out mean of log p(y | a) as the baseline)
         reward = log_py - (log_py.sum(0) - log_py) / (M - 1) if cfg.control_variates else log_py
-        ascent = (G_py + reward[..., None] * G_pa).mean((0, 1))
-    else:  # eq. 8 (+c: eq. 16), weights from eq. 7 with the proposal actually sampled from
+        # tempered samples: each term importance-corrected by p(a) / proposal(a)
+        ratio = (log_pa - log_prop).exp()[..., None] if cfg.explore_temperature else 1.0
+        ascent = (ratio * (G_py + reward[..., None] * G_pa)).mean((0, 1))
+    else:  # eq. 8 (+c: eq. 16), weights from eq. 7 with the proposal actually sampled from, at T = 1
+        if not cfg.use_q:
+            assert torch.equal(log_prop, log_pa)
         w = torch.softmax(log_py + log_pa - log_prop, 0)
         coef = w - (log_pa - log_prop).exp() / M if cfg.control_variates else w
         ascent = (w[..., None] * G_py + coef[..., None] * G_pa).sum(0).mean(0)

@@ -82,7 +82,8 @@ class WSRAMConfig:
 
     # Exploration heuristics of [2] (§4.5), each a switch; Fig. 3 turns all three off.
     explore_temperature: bool = True
-    """§4.5 (1): sample from the proposal raised to temperature `temperature`."""
+    """§4.5 (1), VAR only: sample from the prior raised to temperature `temperature`, each sample's gradient
+    importance-corrected by p / p_T (WS-RAM samples at T = 1: train.sampling_temperature says why)."""
     temperature: float = 1.25
     """Proposal temperature when explore_temperature (p^(1/T): Gaussian std x sqrt(T), logits / T; ours)."""
     explore_coverage: bool = True

@@ -48,12 +48,12 @@ def surrogate_loss(cfg: WSRAMConfig, out: dict[str, torch.Tensor]) -> torch.Tens
     log_py, log_pa, log_prop = out["log_py"], out["log_pa"], out["log_proposal"]
     if cfg.policy == "random":  # eq. 5 with an action distribution that has no parameters
         return -log_py.mean()
-    if cfg.estimator == "var":  # eq. 5 (samples from the possibly tempered prior, as [2]'s heuristic does)
-        return variational_bound_loss(log_py, log_pa, control_variate=cfg.control_variates)
-    # Eqs. 7-8 (16): the proposal is q, or the prior itself, or the prior raised to a temperature (§4.5),
-    # in which case the weights correct for it; only q's own loss (eq. 14 / 17) moves eta.
-    tempered = cfg.explore_temperature and cfg.temperature != 1.0
-    ws = wake_sleep_loss(log_py, log_pa, log_q=log_prop if cfg.use_q or tempered else None,
+    if cfg.estimator == "var":  # eq. 5; tempered samples (§4.5 heuristic 1) are importance-corrected
+        return variational_bound_loss(log_py, log_pa, control_variate=cfg.control_variates,
+                                      log_proposal=log_prop if sampling_temperature(cfg) != 1.0 else None)
+    # Eqs. 7-8 (16): the proposal is q or the prior, both at T = 1 (see sampling_temperature); only q's own
+    # loss (eq. 14 / 17) moves eta, so q is trained towards the posterior itself.
+    ws = wake_sleep_loss(log_py, log_pa, log_q=log_prop if cfg.use_q else None,
                          control_variate=cfg.control_variates)
     return ws.loss if cfg.use_q else ws.prediction_loss
 
@@ -82,12 +82,19 @@ def exploration_loss(cfg: WSRAMConfig, out: dict[str, torch.Tensor]) -> torch.Te
     return loss
 
 
+def sampling_temperature(cfg: WSRAMConfig) -> float:
+    """§4.5 heuristic 1 applies to VAR only. For WS-RAM a tempered proposal, even with importance weights
+    that correct for it, biases the self-normalised estimate of eq. 8 towards the tempered density: at
+    M = 5 it drives the location std up until it hits its cap and the policy is random. The paper found the
+    heuristics made little difference to WS-RAM, so WS-RAM samples from the prior or q at T = 1."""
+    return cfg.temperature if cfg.explore_temperature and cfg.estimator == "var" else 1.0
+
+
 def rollout(cfg: WSRAMConfig, model: torch.nn.Module, images, labels) -> dict[str, torch.Tensor]:
     """The training-time rollout: M sequences from the proposal the variant prescribes."""
     if cfg.policy == "random":
         return model(images, labels, cfg.num_samples, "random")
-    temperature = cfg.temperature if cfg.explore_temperature else 1.0
-    return model(images, labels, cfg.num_samples, "q" if cfg.use_q else "prior", temperature)
+    return model(images, labels, cfg.num_samples, "q" if cfg.use_q else "prior", sampling_temperature(cfg))
 
 
 def log_weights(out: dict[str, torch.Tensor]) -> torch.Tensor:
