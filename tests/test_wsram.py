@@ -197,7 +197,7 @@ def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("wsram") / "run"
     torch.set_num_threads(1)
     final = train.main(["--config", "smoke", "--output-dir", str(out), "--set", "use_q=true",
-                        "--set", "control_variates=true"])
+                        "--set", "control_variates=true", "--set", "shared_variance=true"])
     return out, final
 
 
@@ -205,14 +205,16 @@ def smoke_run(tmp_path_factory):
 def test_smoke_training_writes_metrics(smoke_run):
     out, final = smoke_run
     assert json.loads((out / "final_metrics.json").read_text()) == final
-    for key in ("test_error", "train_error", "train_error_auc", "grad_variance", "ess", "accuracy"):
+    shared = [f"gvar_{part}_{v}" for part in ("policy", "total") for v in train.SHARED_VARIANTS]
+    for key in ("test_error", "train_error", "train_error_auc", "ess", "ess_at_error_50", "accuracy",
+                "ess_shared_prior", "ess_shared_q", *shared):
         assert key in final
     cfg = get_config("smoke")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "train_error" in r]
     assert [r["step"] for r in logged] == list(range(cfg.log_every, cfg.max_steps + 1, cfg.log_every))
     for r in logged:
-        assert 0 <= r["train_error"] <= 1 and r["grad_variance"] > 0
+        assert 0 <= r["train_error"] <= 1 and all(r[k] > 0 for k in shared)
         assert 1 <= r["ess"] <= cfg.num_samples + 1e-6
     assert 0 <= final["test_error"] <= 1 and final["accuracy"] == pytest.approx(1 - final["test_error"])
 
@@ -250,7 +252,7 @@ def test_figures_from_logs(smoke_run, tmp_path):
 @pytest.mark.smoke
 def test_random_baseline_smoke_run(tmp_path):
     final = train.main(["--config", "smoke", "--output-dir", str(tmp_path), "--set", "policy=random"])
-    assert "grad_variance" not in final and 0 <= final["test_error"] <= 1
+    assert not any(k.startswith("gvar_") for k in final) and 0 <= final["test_error"] <= 1
 
 
 @pytest.mark.smoke
