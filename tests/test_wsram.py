@@ -165,12 +165,15 @@ def test_surrogate_gradient_matches_the_papers_equation(name):
     assert torch.allclose(got, ascent, rtol=1e-6, atol=1e-9)
 
 
-def test_random_baseline_trains_only_the_classifier_path():
-    cfg = tiny(policy="random")
+@pytest.mark.parametrize("estimator", ["var", "wsram"])
+def test_random_baseline_trains_only_the_classifier_path_with_the_compared_objective(estimator):
+    cfg = tiny(policy="random", estimator=estimator)
     model = build_model(cfg)
     x, y = batch(cfg)
     out = train.rollout(cfg, model, x, y)
-    assert torch.allclose(train.surrogate_loss(cfg, out), -out["log_py"].mean())
+    log_py = out["log_py"]
+    weights = 1 / len(log_py) if estimator == "var" else torch.softmax(log_py.detach(), 0)  # eq. 5 / eq. 8
+    assert torch.allclose(train.surrogate_loss(cfg, out), -(weights * log_py).sum(0).mean())
     assert torch.equal(train.exploration_loss(cfg, out), torch.zeros(()))
 
 

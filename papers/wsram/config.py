@@ -4,7 +4,8 @@ Variants are fields, so a reproduction spec selects them with --set:
   VAR         estimator=var                   VAR+c       estimator=var control_variates=true
   WS-RAM      estimator=wsram                 WS-RAM+c    estimator=wsram control_variates=true
   WS-RAM+q    estimator=wsram use_q=true      WS-RAM+q+c  estimator=wsram use_q=true control_variates=true
-  random-glimpse baseline: policy=random (same network, uniformly random glimpses, only the classifier learns)
+  random-glimpse baseline: policy=random (same network, uniformly random glimpses, only the classifier learns,
+  with the classifier objective of `estimator`: random_var is compared with VAR, random_wsram with WS-RAM)
 The paper gives no layer widths, glimpse sizes, batch size or learning rate; ours are marked "ours".
 """
 

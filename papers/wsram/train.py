@@ -58,8 +58,9 @@ POLICY_MODULES = ("context", "in2", "rec2", "policy")  # parameters that act onl
 def surrogate_loss(cfg: WSRAMConfig, out: dict[str, torch.Tensor]) -> torch.Tensor:
     """The selected estimator's loss; its gradient is minus the paper's ascent direction."""
     log_py, log_pa, log_prop = out["log_py"], out["log_pa"], out["log_proposal"]
-    if cfg.policy == "random":  # eq. 5 with an action distribution that has no parameters
-        return -log_py.mean()
+    # The random-glimpse baseline (log_pa = log_proposal = 0, no policy to train) gets its classifier
+    # objective from the estimator it is compared with: VAR's mean of log p(y|a) (eq. 5), or WS-RAM's
+    # normalised weighting of it (eq. 8), so that a comparison with it compares policies, not objectives.
     if cfg.estimator == "var":  # eq. 5; tempered samples (§4.5 heuristic 1) are importance-corrected
         return variational_bound_loss(log_py, log_pa, control_variate=cfg.control_variates,
                                       log_proposal=log_prop if sampling_temperature(cfg) != 1.0 else None)
