@@ -145,7 +145,7 @@ class WSRAMConfig:
 
 _CONFIGS = {
     "paper": WSRAMConfig(),
-    # Same algorithm at CPU scale: narrower layers, 2k updates, 10k training placements, and a 60x60 canvas
+    # Same algorithm at CPU scale: narrower layers, 3k updates, 10k training placements, and a 60x60 canvas
     # with 14-42 px digits (at 100x100 no variant, nor the random-glimpse baseline, leaves chance level
     # within a CPU budget; see README.md).
     "cpu": WSRAMConfig(
