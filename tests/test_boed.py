@@ -456,7 +456,7 @@ def test_real_dataset_path_reads_a_local_imagefolder(tmp_path):
     the database and g trains only on the rest, so the two are disjoint)."""
     from PIL import Image
 
-    from papers.boed.train import check_database, load_data, posterior_range
+    from papers.boed.splits import check_database, load_data, posterior_range
 
     rng = torch.Generator().manual_seed(0)
     for i in range(10):

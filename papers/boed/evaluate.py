@@ -148,7 +148,7 @@ def load_final(model: torch.nn.Module, run_dir: Path) -> int:
 
 
 def evaluate_run(run_dir: Path, split: str, batch_size: int) -> dict[str, float]:
-    from papers.boed.train import load_data, members  # the data and member layout of train.py
+    from papers.boed.splits import load_data, members  # the data and member layout of train.py
 
     saved = json.loads((run_dir / "config.json").read_text())
     cfg = BOEDConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
