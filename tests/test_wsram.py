@@ -269,7 +269,8 @@ def test_cli_errors_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_accelerate_launch_two_processes(tmp_path):
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    # Two CPU processes also on a one-GPU machine (--multi_gpu would ask for two GPUs there).
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "papers/wsram/train.py",
            "--config", "smoke", "--output-dir", str(tmp_path), "--set", "use_q=true"]

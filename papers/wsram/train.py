@@ -39,7 +39,7 @@ from core.estimators import (
 )
 from core.metrics import GradientVariance
 from core.results import save_result
-from core.train import LoopConfig, train
+from core.train import LoopConfig, train, unwrap
 from papers.wsram.config import WSRAMConfig, get_config
 from papers.wsram.model import WSRAM, build_model
 
@@ -192,7 +192,7 @@ def make_step_fn(cfg: WSRAMConfig, probes: Probes):
             "log_likelihood": (torch.logsumexp(log_w, 0) - math.log(cfg.num_samples)).mean().item(),
         }
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            stats.update(probes(getattr(model, "module", model), step))
+            stats.update(probes(unwrap(model), step))
         return loss, stats
 
     return step_fn
