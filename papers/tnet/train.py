@@ -11,6 +11,7 @@ prediction after every level. Config names and fields: papers/tnet/config.py.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -29,7 +30,7 @@ from core.errors import UserError
 from core.results import save_result
 from core.train import LoopConfig, train, unwrap
 from papers.tnet.config import TNetConfig, get_config
-from papers.tnet.evaluate import cost_metrics, load_weights, make_eval_fn
+from papers.tnet.evaluate import cost_metrics, feature_spread, load_weights, make_eval_fn
 from papers.tnet.model import build_model, tnet_loss
 
 
@@ -158,6 +159,20 @@ def lr_schedule(cfg: TNetConfig, max_steps: int):
     return lambda step: 1.0 if step < boundary else cfg.lr_decay
 
 
+HEALTH_IMAGES = 256
+"""Test images on which feature_spread is measured."""
+
+
+def health_metrics(model, cfg: TNetConfig, eval_set, log_path: Path, max_steps: int) -> dict[str, float]:
+    """What the spec's [[health]] rules read: train_accuracy_end, the logged train accuracy averaged over
+    the last 10% of updates (still chance = the run never learned), and feature_spread (evaluate.py)."""
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    end = [r["train_accuracy"] for r in records if r["step"] > 0.9 * max_steps and "train_accuracy" in r]
+    images = torch.stack([eval_set[i][0] for i in range(min(HEALTH_IMAGES, len(eval_set)))])
+    return {"train_accuracy_end": sum(end) / max(len(end), 1),
+            "feature_spread": feature_spread(model, cfg, images)}
+
+
 def _world() -> tuple[int, bool]:
     """(number of processes, is this the main one) from the launcher's environment (torchrun/accelerate).
     Read before core.train creates the Accelerator: an earlier accelerate state would be built without
@@ -187,6 +202,7 @@ def run(cfg: TNetConfig, output_dir: str) -> dict[str, float]:
                     scheduler=scheduler)
     if not is_main:
         return metrics
+    metrics.update(health_metrics(model, cfg, eval_set, Path(output_dir) / "metrics.jsonl", max_steps))
     if cfg.measure_cost:
         metrics.update(cost_metrics(model, cfg))
     save_result(Path(output_dir) / "final_metrics.json", metrics)
