@@ -177,3 +177,35 @@ def test_cli_one_line_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", "core.data.prepare", "celeba-hq", str(tmp_path / "src"),
                         str(tmp_path / "dst")], capture_output=True, text=True)
     assert r.returncode == 2 and "CelebA-HQ-img" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+# ---- loaders refuse what they cannot read correctly (one line naming the problem and the fix) ----
+
+def test_flat_split_folder_is_refused_naming_it(tmp_path):
+    fake_ilsvrc(tmp_path / "src")  # train/<wnid>/ and the flat val/ as downloaded
+    with pytest.raises(UserError, match=r"val holds images but no class subfolders.*prepare imagenet"):
+        build_dataset(str(tmp_path / "src"), "train")
+
+
+def test_fmow_as_downloaded_is_refused(tmp_path):
+    fake_fmow(tmp_path / "src")
+    with pytest.raises(UserError, match=r"airport holds folders.*prepare fmow"):
+        build_dataset(str(tmp_path / "src"), "train")
+    for name in ("airport_0", "airport_1", "zoo_0"):  # instance folders used as classes
+        _jpeg(tmp_path / "inst" / "train" / name / "a.jpg")
+    with pytest.raises(UserError, match=r"airport_0, airport_1, \.\.\.\) are instances"):
+        build_dataset(str(tmp_path / "inst"), "train")
+
+
+def test_class_count_must_match_num_classes(tmp_path):
+    fake_ilsvrc(tmp_path / "src")
+    prepare("imagenet", tmp_path / "src", tmp_path / "dst")
+    with pytest.raises(UserError, match="has 3 classes .* num_classes = 1000; set num_classes=3"):
+        build_dataset(str(tmp_path / "dst"), "train", num_classes=1000)
+
+
+@pytest.mark.parametrize("name", ["imagenet", "celeba-hq", "fmow", "ILSVRC/imagenet-1k"])
+def test_dataset_names_point_to_the_preparation(tmp_path, name):
+    kind = {"ILSVRC/imagenet-1k": "imagenet"}.get(name, name)
+    with pytest.raises(UserError, match=rf"python -m core.data.prepare {kind} SRC DST.*--set dataset=DST"):
+        build_dataset(name, "train", cache_dir=str(tmp_path / "cache"))
