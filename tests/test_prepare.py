@@ -209,3 +209,25 @@ def test_dataset_names_point_to_the_preparation(tmp_path, name):
     kind = {"ILSVRC/imagenet-1k": "imagenet"}.get(name, name)
     with pytest.raises(UserError, match=rf"python -m core.data.prepare {kind} SRC DST.*--set dataset=DST"):
         build_dataset(name, "train", cache_dir=str(tmp_path / "cache"))
+
+
+# ---- one training step of the paper-scale configs on prepared fakes ----
+
+@pytest.mark.smoke
+def test_wsram_paper_config_trains_on_a_real_mnist_idx_folder(tmp_path):
+    from papers.wsram.config import get_config
+    from papers.wsram.train import build_datasets, main
+
+    fake_mnist(tmp_path / "src", n_train=30, n_test=12)
+    prepare("mnist", tmp_path / "src", tmp_path / "mnist")
+    cfg = get_config("paper")
+    cfg.dataset, cfg.train_size, cfg.test_size = str(tmp_path / "mnist"), 50, 10
+    train_set, test_set = build_datasets(cfg)
+    assert train_set[0][0].shape == (1, 100, 100) and len(train_set._pool) == 30 and len(test_set._pool) == 12
+    out = tmp_path / "run"
+    sets = [f"dataset={tmp_path / 'mnist'}", "train_size=8", "test_size=4", "max_steps=1", "batch_size=2",
+            "log_every=1", "eval_every=1", "train_probe_size=2", "grad_probes=2", "checkpoint_every=0"]
+    main(["--config", "paper", "--output-dir", str(out), *sum((["--set", s] for s in sets), [])])
+    assert json.loads((out / "final_metrics.json").read_text())
+    with pytest.raises(UserError, match="nor an MNIST IDX folder"):
+        get_config("paper").__class__(dataset=str(tmp_path / "src/nothing"))

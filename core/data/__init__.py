@@ -25,6 +25,7 @@ from .synthetic import ClutteredMNIST, DigitCanvas, TranslatedScaledMNIST
 __all__ = [
     "load_mnist_digits", "load_idx_folder", "DigitCanvas", "TranslatedScaledMNIST", "ClutteredMNIST",
     "HFImageDataset", "IDXDataset", "build_dataset", "register_dataset", "list_datasets", "PREPARE_HINTS",
+    "is_idx_folder",
 ]
 
 _REGISTRY: dict[str, Callable[..., Dataset]] = {}
@@ -100,8 +101,10 @@ def _hf_offline():
                 os.environ[k] = v
 
 
-def _is_idx_folder(folder: Path) -> bool:
-    return any(find_idx_file(folder, split, "images") for split in ("train", "test"))
+def is_idx_folder(folder: str | Path) -> bool:
+    """Whether `folder` is an existing folder holding MNIST-layout IDX image files."""
+    folder = Path(folder).expanduser()
+    return folder.is_dir() and any(find_idx_file(folder, split, "images") for split in ("train", "test"))
 
 
 def _prepare_hint(name: str) -> str:
@@ -193,7 +196,7 @@ def build_dataset(name: str, split: str, **kw) -> Dataset:
     if path.is_dir():
         if subset is not None:
             raise UserError(f"subset={subset!r} applies to hub datasets, not to the folder {path}")
-        if _is_idx_folder(path):
+        if is_idx_folder(path):
             return IDXDataset(path, split, **kw)
         if not any(p.is_file() for p in path.rglob("*")):
             raise UserError(f"folder {path} is empty; expected class subfolders of images")
