@@ -133,3 +133,22 @@ def test_saccader_labels_shift_by_one_for_the_background_class(tmp_path):
     assert labels == set(range(1, 1001)) and len(train_set) == 1000  # 0 = background, never a target
     image, label = eval_set[0]
     assert image.shape == (3, 16, 16) and label == 1  # class n00000000
+
+
+# ---- BOED (ps-nogs: mea/dataset.py, mea/variational_cnn/loader.py, hq_loader.py) ----
+
+def test_boed_design_and_hard_attention_normalisations_and_flips():
+    from papers.boed.preprocess import DESIGN_MEAN, DESIGN_STD, random_hflip
+    from papers.boed.train import Split
+
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    x = images.float() / 255
+    split = Split(images, torch.zeros(4, 1), normalise=True)
+    mean, std = torch.tensor(DESIGN_MEAN)[:, None, None], torch.tensor(DESIGN_STD)[:, None, None]
+    assert torch.allclose(split.images_float(design=True), (x - mean) / std, atol=1e-6)  # g, retrieval, EPE
+    assert torch.allclose(split.images_float(), (x - 0.5) / 0.5)  # the hard-attention network
+    assert torch.equal(Split(images, torch.zeros(4, 1)).images_float(design=True), x)  # CPU proxy: [0, 1]
+    torch.manual_seed(0)
+    ramp = torch.linspace(0, 1, 8).expand(400, 1, 8, 8)
+    flipped = (random_hflip(ramp)[..., 0] > 0.5).all(-1).flatten().float().mean()
+    assert 0.4 < flipped < 0.6
