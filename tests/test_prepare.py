@@ -231,3 +231,49 @@ def test_wsram_paper_config_trains_on_a_real_mnist_idx_folder(tmp_path):
     assert json.loads((out / "final_metrics.json").read_text())
     with pytest.raises(UserError, match="nor an MNIST IDX folder"):
         get_config("paper").__class__(dataset=str(tmp_path / "src/nothing"))
+
+
+def _train(paper: str, config: str, out: Path, sets: list[str]) -> dict:
+    import importlib
+
+    main = importlib.import_module(f"papers.{paper}.train").main
+    main(["--config", config, "--output-dir", str(out), *sum((["--set", s] for s in sets), [])])
+    return json.loads((out / "final_metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_tnet_imagenet_and_fmow_paper_configs_train_one_step_on_prepared_fakes(tmp_path):
+    fake_ilsvrc(tmp_path / "ilsvrc")
+    prepare("imagenet", tmp_path / "ilsvrc", tmp_path / "imagenet")
+    common = ["batch_size=2", "max_steps=1", "measure_cost=false", "checkpoint_every=0", "log_every=1"]
+    metrics = _train("tnet", "imagenet", tmp_path / "run_in", [f"dataset={tmp_path / 'imagenet'}",
+                                                                "num_classes=3", *common])
+    assert 0 <= metrics["accuracy"] <= 1
+    fake_fmow(tmp_path / "fmow_src")
+    prepare("fmow", tmp_path / "fmow_src", tmp_path / "fmow", max_side=100)
+    metrics = _train("tnet", "fmow", tmp_path / "run_fmow", [f"dataset={tmp_path / 'fmow'}", "num_classes=2",
+                                                             *common])
+    assert 0 <= metrics["accuracy"] <= 1
+
+
+@pytest.mark.slow
+def test_saccader_imagenet_paper_config_trains_every_stage_on_a_prepared_fake(tmp_path):
+    fake_ilsvrc(tmp_path / "ilsvrc")
+    prepare("imagenet", tmp_path / "ilsvrc", tmp_path / "imagenet")
+    metrics = _train("saccader", "imagenet", tmp_path / "run", [
+        f"dataset={tmp_path / 'imagenet'}", "num_classes=3", "batch_size=2", "steps_representation=1",
+        "steps_location=1", "steps_policy=1", "checkpoint_every=0", "log_every=1"])
+    assert metrics
+
+
+@pytest.mark.slow
+def test_boed_celeba_hq_paper_config_trains_on_a_prepared_fake(tmp_path):
+    fake_celeba_hq(tmp_path / "src", n=16)
+    prepare("celeba-hq", tmp_path / "src", tmp_path / "celeba", size=32)
+    metrics = _train("boed", "celeba-hq", tmp_path / "run", [
+        f"dataset={tmp_path / 'celeba'}", "tasks=Smiling,Male", "image_size=32", "lattice=5",
+        "sequences_per_task=2", "design_size=4", "train_size=10", "val_size=2", "test_size=4",
+        "database_size=6", "num_samples=4", "posterior_steps=1", "posterior_batch_size=4", "max_steps=1",
+        "batch_size=4", "eval_every=1", "replicates=1", "heatmap_images=2", "num_workers=0",
+        "checkpoint_every=0", "log_every=1"])
+    assert metrics
