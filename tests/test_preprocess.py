@@ -33,7 +33,7 @@ def test_resize_matches_tf_conventions():
 
 def test_sample_distorted_bounding_box_respects_its_constraints():
     g = torch.Generator().manual_seed(0)
-    box = (0.6, 0.7, 0.9, 1.0)  # the object, in the lower right corner
+    box = [(0.6, 0.7, 0.9, 1.0)]  # the object, in the lower right corner
     for _ in range(200):
         top, left, h, w = tf_image.sample_distorted_bounding_box(
             100, 160, box, min_object_covered=0.5, aspect_ratio_range=(0.5, 2.0), area_range=(0.3, 1.0),
@@ -152,3 +152,23 @@ def test_boed_design_and_hard_attention_normalisations_and_flips():
     ramp = torch.linspace(0, 1, 8).expand(400, 1, 8, 8)
     flipped = (random_hflip(ramp)[..., 0] > 0.5).all(-1).flatten().float().mean()
     assert 0.4 < flipped < 0.6
+
+
+def test_tnet_fmow_training_crop_is_constrained_by_the_prepared_boxes(tmp_path, monkeypatch):
+    from core.data.prepare import prepare
+    from papers.tnet.config import get_config
+    from papers.tnet.train import build_datasets
+    from tests.test_prepare import fake_fmow
+
+    fake_fmow(tmp_path / "src")
+    prepare("fmow", tmp_path / "src", tmp_path / "fmow", max_side=100)
+    seen = []
+    original = tf_image.sample_distorted_bounding_box
+    monkeypatch.setattr(tf_image, "sample_distorted_bounding_box", lambda h, w, boxes, **kw: seen.append(
+        [tuple(round(v, 4) for v in b) for b in boxes]) or original(h, w, boxes, **kw))
+    cfg = get_config("fmow")
+    cfg.dataset, cfg.num_classes, cfg.image_size, cfg.base_res = str(tmp_path / "fmow"), 2, 32, 16
+    train_set, eval_set = build_datasets(cfg)
+    image, label = train_set[0]
+    assert image.shape == (3, 32, 32) and label in (0, 1) and eval_set[0][0].shape == (3, 32, 32)
+    assert seen == [[(round(2 / 1200, 4), round(4 / 2400, 4), round(10 / 1200, 4), round(14 / 2400, 4))]]

@@ -36,15 +36,26 @@ def _randint(n: int, generator: torch.Generator | None) -> int:
     return int(torch.randint(n, (), generator=generator))
 
 
-def sample_distorted_bounding_box(height: int, width: int, box: Sequence[float] = (0.0, 0.0, 1.0, 1.0),
+def sample_distorted_bounding_box(height: int, width: int,
+                                  boxes: Sequence[Sequence[float]] = ((0.0, 0.0, 1.0, 1.0),),
                                   min_object_covered: float = 0.1,
                                   aspect_ratio_range: Sequence[float] = (0.75, 1.33),
                                   area_range: Sequence[float] = (0.05, 1.0), max_attempts: int = 100,
                                   generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
-    """(top, left, h, w) of a random crop covering at least `min_object_covered` of `box` ((ymin, xmin,
-    ymax, xmax) in [0, 1]), with w/h in `aspect_ratio_range` and area/(H*W) in `area_range`."""
-    y0, x0, y1, x1 = box[0] * height, box[1] * width, box[2] * height, box[3] * width
-    box_area = max(y1 - y0, 0.0) * max(x1 - x0, 0.0)
+    """(top, left, h, w) of a random crop covering at least `min_object_covered` of one of `boxes`
+    ((ymin, xmin, ymax, xmax) in [0, 1]; none: the whole image), with w/h in `aspect_ratio_range` and
+    area/(H*W) in `area_range`."""
+    pixel_boxes = [(b[0] * height, b[1] * width, b[2] * height, b[3] * width) for b in boxes] or \
+        [(0.0, 0.0, float(height), float(width))]  # use_image_if_no_bounding_boxes
+
+    def covers(top: int, left: int, h: int, w: int) -> bool:
+        for y0, x0, y1, x1 in pixel_boxes:
+            box_area = max(y1 - y0, 0.0) * max(x1 - x0, 0.0)
+            inter = max(0.0, min(y1, top + h) - max(y0, top)) * max(0.0, min(x1, left + w) - max(x0, left))
+            if box_area == 0 or inter / box_area >= min_object_covered:
+                return True
+        return False
+
     area = height * width
     min_area, max_area = area_range[0] * area, area_range[1] * area
     for _ in range(max_attempts):
@@ -60,8 +71,7 @@ def sample_distorted_bounding_box(height: int, width: int, box: Sequence[float] 
         if not (0 < h <= height and 0 < w <= width and min_area <= h * w <= max_area):
             continue
         top, left = _randint(height - h + 1, generator), _randint(width - w + 1, generator)
-        inter = max(0.0, min(y1, top + h) - max(y0, top)) * max(0.0, min(x1, left + w) - max(x0, left))
-        if box_area == 0 or inter / box_area >= min_object_covered:
+        if covers(top, left, h, w):
             return top, left, h, w
     return 0, 0, height, width
 

@@ -55,9 +55,15 @@ def build_datasets(cfg: TNetConfig):
     # Paper scale: the official input pipeline (papers/tnet/preprocess.py, input_imagenet.py).
     kw = dict(channels=cfg.channels, num_classes=cfg.num_classes)
     eval_tf = preprocess.EvalTransform(cfg.image_size)
-    train_tf = preprocess.TrainTransform(cfg.image_size) if cfg.augment else eval_tf
-    return (build_dataset(cfg.dataset, cfg.train_split, transform=train_tf, **kw),
-            build_dataset(cfg.dataset, cfg.eval_split, transform=eval_tf, **kw))
+    eval_set = build_dataset(cfg.dataset, cfg.eval_split, transform=eval_tf, **kw)
+    if not cfg.augment:
+        return build_dataset(cfg.dataset, cfg.train_split, transform=eval_tf, **kw), eval_set
+    boxes = preprocess.read_boxes(cfg.dataset, cfg.train_split)  # fMoW: the crop covers >= 10% of a box
+    if boxes:
+        train_set = build_dataset(cfg.dataset, cfg.train_split, **kw)
+        return preprocess.BoxedTrainSet(train_set, boxes, preprocess.TrainTransform(cfg.image_size)), eval_set
+    return build_dataset(cfg.dataset, cfg.train_split, transform=preprocess.TrainTransform(cfg.image_size),
+                         **kw), eval_set
 
 
 def make_step_fn(cfg: TNetConfig):
