@@ -115,6 +115,7 @@ def test_saccader_train_standardises_and_flips():
     assert 60 < slopes.count(-1.0) < 140  # flipped about half the time
 
 
+@pytest.mark.smoke
 def test_saccader_labels_shift_by_one_for_the_background_class(tmp_path):
     import numpy as np
     from PIL import Image
