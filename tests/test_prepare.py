@@ -195,6 +195,10 @@ def test_fmow_as_downloaded_is_refused(tmp_path):
         _jpeg(tmp_path / "inst" / "train" / name / "a.jpg")
     with pytest.raises(UserError, match=r"airport_0, airport_1, \.\.\.\) are instances"):
         build_dataset(str(tmp_path / "inst"), "train")
+    for c in range(3):  # one prefix, numbered: a legitimate naming of classes
+        _jpeg(tmp_path / "digits" / "train" / f"digit_{c}" / "a.jpg")
+    assert build_dataset(str(tmp_path / "digits"), "train", num_classes=3).classes == ["digit_0", "digit_1",
+                                                                                      "digit_2"]
 
 
 def test_class_count_must_match_num_classes(tmp_path):

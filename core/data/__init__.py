@@ -143,7 +143,10 @@ def _check_imagefolder(folder: Path) -> None:
                                     f"downloaded: `python -m core.data.prepare fmow SRC DST`)")
         names = [c.name for c in classes]
         matches = [_INSTANCE.fullmatch(n) for n in names]
-        if len(names) > 1 and all(matches) and len({m[1] for m in matches}) < len(names):
+        prefixes = {m[1] for m in matches if m}
+        # Several prefixes, numbered repeatedly (airport_0, airport_1, zoo_0): instances. One prefix with
+        # numbers (digit_0 ... digit_9) is a legitimate class naming.
+        if all(matches) and 1 < len(prefixes) < len(names):
             raise UserError(f"{split}'s class folders ({names[0]}, {names[1]}, ...) are instances of fewer "
                             f"classes, not classes; flatten them into one folder per class (fMoW: "
                             f"`python -m core.data.prepare fmow SRC DST`)")
