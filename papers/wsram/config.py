@@ -147,13 +147,13 @@ class WSRAMConfig:
 
 _CONFIGS = {
     "paper": WSRAMConfig(),
-    # Same algorithm at CPU scale: narrower layers, 3k updates, 10k training placements, and a 60x60 canvas
+    # Same algorithm at CPU scale: narrower layers, 2.4k updates, 10k training placements, and a 60x60 canvas
     # with 14-42 px digits (at 100x100 no variant, nor the random-glimpse baseline, leaves chance level
     # within a CPU budget; see README.md).
     "cpu": WSRAMConfig(
         name="cpu", canvas=60, digit_scale=(0.5, 1.5), lowres_size=6, train_size=10_000, test_size=1_000,
         glimpse_channels=8, glimpse_hidden=64, hidden=64, q_hidden=64,
-        lr=3e-3, batch_size=32, max_steps=3_000, log_every=250, eval_every=3_000, train_probe_size=500,
+        lr=3e-3, batch_size=32, max_steps=2_400, log_every=300, eval_every=2_400, train_probe_size=500,
         grad_probes=16, checkpoint_every=0),
     "smoke": WSRAMConfig(
         name="smoke", canvas=60, digit_scale=(0.5, 1.5), train_size=64, test_size=32, glimpse_size=8,
