@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from core.data import list_datasets
+from core.data import is_idx_folder, list_datasets
 from core.errors import UserError
 
 
@@ -31,7 +31,8 @@ class WSRAMConfig:
     # Data (§5.1)
     dataset: str = "translated-scaled-mnist"
     """§5.1 translated, scaled MNIST, or another made dataset of core.data (e.g. "cluttered-mnist", the
-    cross-paper same-footing task), drawn at `canvas` px with `digit_scale`."""
+    cross-paper same-footing task), drawn at `canvas` px with `digit_scale`; or an MNIST IDX folder
+    (`python -m core.data.prepare mnist`): §5.1 placements of all 60,000 / 10,000 real MNIST digits."""
     canvas: int = 100
     """§5.1: each digit on a 100x100 black background."""
     digit_scale: tuple[float, float] = (0.5, 2.0)
@@ -112,9 +113,10 @@ class WSRAMConfig:
     """Updates between resumable checkpoints."""
 
     def __post_init__(self):
-        if self.dataset not in list_datasets():
-            raise UserError(f"dataset {self.dataset!r} is not a made dataset of core.data "
-                            f"(one of {list_datasets()})")
+        if self.dataset not in list_datasets() and not is_idx_folder(self.dataset):
+            raise UserError(f"dataset {self.dataset!r} is neither a made dataset of core.data "
+                            f"(one of {list_datasets()}) nor an MNIST IDX folder (python -m "
+                            f"core.data.prepare mnist SRC DST)")
         if self.use_q and self.estimator != "wsram":
             raise UserError("use_q=true needs estimator=wsram (the inference network is trained by eq. 14)")
         if self.policy == "random" and (self.use_q or self.control_variates):
