@@ -129,16 +129,15 @@ class Database:
         return len(self.images) * len(self.variants)
 
     def _floats(self, index, variant: tuple[int, int, bool]) -> torch.Tensor:
-        x = self.to_float(self.images[index]).to(self.device)
+        x = self.images[index]
         dy, dx, flip = variant
         if flip:
             x = x.flip(-1)
-        if dy or dx:
-            fill = self.to_float(torch.zeros((), dtype=torch.uint8)).item()
+        if dy or dx:  # shifted as uint8, so the uncovered border is pixel 0 in every channel
             H, W = x.shape[-2:]
-            padded = F.pad(x, (abs(dx),) * 2 + (abs(dy),) * 2, value=fill)
+            padded = F.pad(x, (abs(dx),) * 2 + (abs(dy),) * 2)
             x = padded[..., abs(dy) - dy:abs(dy) - dy + H, abs(dx) - dx:abs(dx) - dx + W]
-        return x
+        return self.to_float(x).to(self.device)
 
     def log_weights(self, image: torch.Tensor, observed: torch.Tensor, size: int,
                     noise_var: float) -> torch.Tensor:

@@ -12,6 +12,7 @@ from accelerate.utils import gather_object
 
 from core.glimpse import lattice_top_left, observation_mask
 from core.train import train
+from papers.boed import preprocess
 from papers.boed.config import BOEDConfig
 from papers.boed.design import (
     PosteriorCNN,
@@ -41,6 +42,8 @@ def train_posterior(cfg: BOEDConfig, data: dict[str, Split], out: Path) -> Poste
 
     def step_fn(model, batch, step):
         images, labels, _ = batch
+        if cfg.hflip:  # official: g trains on randomly flipped images (papers/boed/preprocess.py)
+            images = preprocess.random_hflip(images)
         logits = model(embed(images))
         loss = F.binary_cross_entropy_with_logits(logits, labels)
         return loss, {"acc": ((logits > 0).float() == labels).float().mean().item()}
@@ -51,10 +54,10 @@ def train_posterior(cfg: BOEDConfig, data: dict[str, Split], out: Path) -> Poste
         nll = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1)
         return {"nll": nll, "acc": ((logits > 0).float() == labels).float().mean(1)}
 
-    train_set = Indexed(data["train"], torch.arange(*posterior_range(cfg)))
+    train_set = Indexed(data["train"], torch.arange(*posterior_range(cfg)), design=True)
     optimizer = torch.optim.Adam(g.parameters(), lr=cfg.posterior_lr)
     loop = loop_config(cfg, out, cfg.posterior_steps, cfg.posterior_batch_size)
-    metrics = train(loop, g, optimizer, train_set, step_fn, Indexed(data["val"]), eval_fn)
+    metrics = train(loop, g, optimizer, train_set, step_fn, Indexed(data["val"], design=True), eval_fn)
     g.eval()
     g.val_metrics = metrics
     return g
@@ -98,7 +101,7 @@ def design_all(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], epe0: t
         if path(k, i).exists():
             continue
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + k * 10_007 + i)
-        image = data["train"].images_float(i).to(device)
+        image = data["train"].images_float(i, design=True).to(device)
         chosen, _ = design_sequence(g, image, database, k, lattice.to(device), cfg.glimpse_size,
                                     cfg.num_glimpses, cfg.num_samples, cfg.noise_var, int(first[k]),
                                     generator, cfg.design_chunk, masks, log)
@@ -138,7 +141,7 @@ def design_metrics(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], epe
         m["design_hit_rate"] = sum(hit(lattice[sequences[:, k]], k) for k in range(K)) / K
         m["chance_hit_rate"] = sum(hit(lattice, k) for k in range(K)) / K
         m["first_hit_over_chance"] = m["first_glimpse_hit_rate"] / m["chance_hit_rate"]
-    images = train_split.images_float(slice(0, n))
+    images = train_split.images_float(slice(0, n), design=True)  # for g: the design normalisation
     rand_idx = torch.randint(len(lattice), (n, cfg.num_glimpses),
                              generator=torch.Generator().manual_seed(cfg.seed))
     with torch.no_grad():

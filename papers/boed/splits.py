@@ -14,6 +14,7 @@ from torch.utils.data import Dataset
 
 from core.errors import UserError
 from core.train import LoopConfig
+from papers.boed import preprocess
 from papers.boed.config import BOEDConfig
 from papers.boed.data import SlotDigits
 from papers.boed.design import Database
@@ -31,24 +32,28 @@ class Split:
     normalise: bool = False
     boxes: list[torch.Tensor] | None = None  # per task, the (n, 4) boxes deciding it (slot-digits)
 
-    def images_float(self, index=slice(None)) -> torch.Tensor:
-        return self.to_float(self.images[index])
+    def images_float(self, index=slice(None), design: bool = False) -> torch.Tensor:
+        """In [0, 1], or with `normalise` as the official code has it: the design's ImageNet mean/std
+        (`design`) or the hard-attention network's (x - 0.5) / 0.5 (papers/boed/preprocess.py)."""
+        return self.to_float(self.images[index], design)
 
-    def to_float(self, images: torch.Tensor) -> torch.Tensor:
+    def to_float(self, images: torch.Tensor, design: bool = False) -> torch.Tensor:
         x = images.float() / 255
-        return (x - 0.5) / 0.5 if self.normalise else x  # official: Normalize(mean 0.5, std 0.5)
+        if not self.normalise:
+            return x
+        return preprocess.design_input(x) if design else preprocess.hard_attention_input(x)
 
     def database(self, cfg: BOEDConfig, device) -> Database:
-        """These images as r_img's retrieval database (floats made chunk by chunk on device)."""
-        return Database(self.images, self.to_float, device, cfg.design_chunk, cfg.retrieval_shift,
-                        cfg.retrieval_shift_step, cfg.retrieval_flip)
+        """These images as r_img's retrieval database for the design (floats made chunk by chunk)."""
+        return Database(self.images, lambda x: self.to_float(x, design=True), device, cfg.design_chunk,
+                        cfg.retrieval_shift, cfg.retrieval_shift_step, cfg.retrieval_flip)
 
 
 class Indexed(Dataset):
     """(float image, labels (K,), index) items of a Split, for core.train."""
 
-    def __init__(self, split: Split, indices: torch.Tensor | None = None):
-        self.split = split
+    def __init__(self, split: Split, indices: torch.Tensor | None = None, design: bool = False):
+        self.split, self.design = split, design
         self.indices = torch.arange(len(split.images)) if indices is None else indices
 
     def __len__(self) -> int:
@@ -56,7 +61,7 @@ class Indexed(Dataset):
 
     def __getitem__(self, i: int):
         j = int(self.indices[i])
-        return self.split.images_float(j), self.split.labels[j], j
+        return self.split.images_float(j, self.design), self.split.labels[j], j
 
 
 def _slot_split(cfg: BOEDConfig, split: str, n: int) -> Split:
