@@ -30,10 +30,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from core.cli import main_guard
-from core.metrics import count_multiplications, count_parameters
+from core.compare import CONVENTION  # a fact counted by the paper's convention
+from core.metrics import count_multiplications, count_parameters, multiplications_by_module
 from core.reproduce import load_spec
 from core.results import (
     REPO_ROOT,
@@ -56,6 +58,55 @@ from papers.wsram.model import build_model as build_wsram
 TNET_CONFIGS = ("imagenet", "imagenet-bagnet77", "fmow", "fmow-efficientnet-b0")
 SACCADER_CONFIGS = ("imagenet", "imagenet-bagnet77-lowd", "imagenet-resnet-v2-50", "imagenet-dram")
 GLIMPSES = {"imagenet": (2, 6, 20, 30), "imagenet-dram": (2, 4, 8, 20)}  # the rows of TNet's Table 1
+
+
+class _Bottleneck(nn.Module):
+    """He et al.'s bottleneck unit (1x1, 3x3, 1x1 convs; projection shortcut when the shape changes), the
+    stride on the 3x3 conv (torchvision's layout). BN and ReLU add no multiplications and are left out."""
+
+    def __init__(self, in_channels: int, planes: int, stride: int):
+        super().__init__()
+        self.residual = nn.Sequential(nn.Conv2d(in_channels, planes, 1, bias=False),
+                                      nn.Conv2d(planes, planes, 3, stride, 1, bias=False),
+                                      nn.Conv2d(planes, 4 * planes, 1, bias=False))
+        self.shortcut = (nn.Identity() if stride == 1 and in_channels == 4 * planes
+                         else nn.Conv2d(in_channels, 4 * planes, 1, stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.residual(x) + self.shortcut(x)
+
+
+def he_resnet50(in_channels: int, num_classes: int = 1000) -> nn.Module:
+    """The standard ImageNet ResNet-50 (He et al. 2016: 7x7/2 stem, 3x3/2 max pool, units [3, 4, 6, 3],
+    stage strides 1, 2, 2, 2, 2048 -> num_classes FC), for counting multiplications only."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.MaxPool2d(3, 2, 1)]
+    channels = 64
+    for planes, units, stride in zip((64, 128, 256, 512), (3, 4, 6, 3), (1, 2, 2, 2), strict=True):
+        for unit in range(units):
+            layers.append(_Bottleneck(channels, planes, stride if unit == 0 else 1))
+            channels = 4 * planes
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+
+def dram_step_facts(counts: tuple[int, ...]) -> dict[str, int]:
+    """DRAM's multiplications per step (the centre step and each of the T glimpses cost the same), ours and
+    by the convention of TNet's Table 1, whose DRAM rows are exactly (T + 1) x one step of: a standard
+    ResNet-50 (`he_resnet50`, with its 2048 x 1000 FC) on the 15-channel 77 px glimpse plus DRAM's
+    1024 x 1001 classifier, without the LSTMs. Ours is the official slim ResNet-v2-50 glimpse network
+    (stride in the last unit of each block) + both LSTMs + emission + classifier."""
+    cfg = saccader_config("imagenet-dram")
+    model = build_saccader(cfg).eval()
+    per_module = multiplications_by_module(lambda x: model(x, 1), torch.zeros(1, 3, 224, 224))
+    ours = {name: per_module[f"DRAM.{name}"] // 2 for name in  # T = 1: two steps
+            ("glimpse_net", "classification_rnn", "location_rnn", "emission", "classifier")}
+    glimpse = torch.zeros(1, cfg.dram_resolutions * (cfg.channels + 2), cfg.dram_glimpse, cfg.dram_glimpse)
+    table1 = (count_multiplications(he_resnet50(glimpse.shape[1]), glimpse)
+              + count_multiplications(model.classifier, torch.zeros(1, model.classifier.in_features)))
+    facts = {"saccader/imagenet-dram/step_mults": sum(ours.values()),
+             f"saccader/imagenet-dram/step_mults{CONVENTION}": table1}
+    facts |= {f"saccader/imagenet-dram/step_mults_{name}": n for name, n in ours.items()}
+    facts |= {f"saccader/imagenet-dram/mults_T{t}{CONVENTION}": (t + 1) * table1 for t in counts}
+    return facts
 
 
 def _params(build, config: str) -> int:
@@ -91,6 +142,7 @@ def measure_paper() -> dict[str, float]:
             glimpses = lambda x, m=model, t=t: m(x, t)  # noqa: E731
             facts[f"saccader/{name}/mults_T{t}"] = count_multiplications(glimpses, images)
             progress.update()
+    facts |= dram_step_facts(GLIMPSES["imagenet-dram"])
     progress.close()
     return facts
 
