@@ -43,11 +43,12 @@ from torch import nn
 
 from core.cli import main_guard, parse_args, save_config
 from core.data import build_dataset, list_datasets
-from core.data.transforms import Compose, RandomResizedCrop, Resize, ToSigned
+from core.data.transforms import ToSigned
 from core.errors import UserError
 from core.estimators import batch_mean_baseline, reinforce_loss
 from core.results import save_result
-from core.train import LoopConfig, train
+from core.train import LoopConfig, train, unwrap
+from papers.saccader import preprocess
 from papers.saccader.config import SaccaderConfig, get_config
 from papers.saccader.data import DigitPairs
 from papers.saccader.evaluate import (
@@ -84,20 +85,21 @@ def build_datasets(cfg: SaccaderConfig):
         kw = dict(canvas=cfg.image_size, channels=cfg.channels, transform=ToSigned())
         return (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
                 build_dataset(cfg.dataset, "test", n=cfg.eval_size, seed=0, **kw))
-    size = (cfg.image_size, cfg.image_size)
-    kw = dict(channels=cfg.channels, num_classes=cfg.num_classes)
-    train_tf, eval_tf = Compose([RandomResizedCrop(size), ToSigned()]), Compose([Resize(size), ToSigned()])
-    return (build_dataset(cfg.dataset, cfg.train_split, transform=train_tf, **kw),
-            build_dataset(cfg.dataset, cfg.eval_split, transform=eval_tf, **kw))
+    # Paper scale: the official input pipeline (papers/saccader/preprocess.py, data_provider.py), with
+    # label 0 kept for the background class when num_classes = 1001 (labels shifted by one).
+    shift = cfg.num_classes == 1001
+    kw = dict(channels=cfg.channels, num_classes=cfg.num_classes - shift)
+    train_tf, eval_tf = preprocess.TrainTransform(cfg.image_size), preprocess.EvalTransform(cfg.image_size)
+    train_set = build_dataset(cfg.dataset, cfg.train_split, transform=train_tf, **kw)
+    eval_set = build_dataset(cfg.dataset, cfg.eval_split, transform=eval_tf, **kw)
+    if shift:
+        return preprocess.BackgroundShift(train_set), preprocess.BackgroundShift(eval_set)
+    return train_set, eval_set
 
 
 def max_logit_order(num_glimpses: int):
     """Eq. 5 targets: locations by decreasing maximum logit over classes (l_target^1 = the largest)."""
     return lambda logits_map: logits_map.flatten(2).amax(1).topk(num_glimpses, -1).indices
-
-
-def _unwrap(model):
-    return getattr(model, "module", model)
 
 
 def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
@@ -111,7 +113,7 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
         return loss, {"train_accuracy": (logits.argmax(1) == targets).float().mean().item()}
 
     def location(model, batch, step):  # eq. 5
-        _unwrap(model).backbone.eval()  # "fixed from BagNet-77-lowD" (Table Supp.5 *): BN statistics too
+        unwrap(model).backbone.eval()  # "fixed from BagNet-77-lowD" (Table Supp.5 *): BN statistics too
         T = cfg.pretrain_glimpses
         out = model(batch[0], T, locations=max_logit_order(T), detach_representation=True)
         loss = -out["log_prob"].mean() * (T if cfg.location_loss == "sum" else 1)
