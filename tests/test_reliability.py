@@ -187,9 +187,9 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     before = toy_result(out)[0]
     assert_one_line_error(toy(out, "lr=0.5"), "another config", "lr")
     assert toy_result(out)[0] == before  # nothing was overwritten
-    # Without the config record, the checkpoint itself does not fit a wider model: still one line.
+    # Without the config record the run's config is unknown: refused too, still one line.
     (out / "config.json").unlink()
-    assert_one_line_error(toy(out, "hidden=32"), "cannot resume")
+    assert_one_line_error(toy(out, "hidden=32"), "no config.json")
 
 
 class _Payload:

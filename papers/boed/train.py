@@ -36,11 +36,12 @@ import torch.nn.functional as F
 from accelerate import PartialState
 from torch.utils.data import Dataset
 
-from core.cli import main_guard, parse_args, save_config
+from core.cli import main_guard, parse_args
 from core.errors import UserError
 from core.glimpse import lattice_top_left, observation_mask
 from core.metrics import count_multiplications, count_parameters, iterations_to_within
 from core.results import save_result
+from core.runs import begin_run
 from core.train import LoopConfig, train
 from papers.boed.config import BOEDConfig, get_config
 from papers.boed.data import SlotDigits
@@ -534,8 +535,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     state = PartialState()
     out = Path(cfg.output_dir)
-    if state.is_main_process:
-        save_config(cfg, out)
+    begin_run(cfg, out)
     needs_design = cfg.experiment == "flops" or "partial" in cfg.conditions
     splits = ("train", "val", "test") + (("database",) if needs_design else ())
     data = load_data(cfg, splits)

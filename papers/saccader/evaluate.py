@@ -18,7 +18,6 @@ Metrics (per example, averaged over the test set), for a policy P and k glimpses
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -26,14 +25,12 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from core.cli import main_guard
-from core.errors import UserError
 from core.glimpse import coverage, glimpse_top_left, patch_boxes
 from core.results import save_result
-from core.train import checkpoint_steps
+from core.runs import load_config, load_weights
 from papers.saccader.config import SaccaderConfig
 from papers.saccader.model import Saccader, build_model, location_boxes, whole_image_classifier
 from papers.saccader.policies import select_locations
@@ -137,11 +134,7 @@ def classifier_eval_fn(model, batch) -> dict[str, Tensor]:
 
 def load_stage(model: nn.Module, stage_dir: Path) -> nn.Module:
     """Load the last checkpoint of one training stage (core.train layout) into model."""
-    steps = checkpoint_steps(stage_dir / "checkpoints")
-    if not steps:
-        raise UserError(f"no checkpoint under {stage_dir}/checkpoints: was this stage trained?")
-    model.load_state_dict(load_file(str(stage_dir / "checkpoints" / f"step_{steps[-1]}" /
-                                        "model.safetensors")))
+    load_weights(model, stage_dir)
     return model.eval()
 
 
@@ -149,10 +142,7 @@ def evaluate_run(run_dir: str, num_images: int = 8, occlusion_value: float = 0.0
     from papers.saccader.train import build_datasets  # train.py imports this module
 
     run = Path(run_dir)
-    if not (run / "config.json").is_file():
-        raise UserError(f"{run} has no config.json: not a papers/saccader/train.py output directory")
-    saved = json.loads((run / "config.json").read_text())
-    cfg = SaccaderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    cfg = load_config(run, SaccaderConfig)
     _, test_set = build_datasets(cfg)
     loader = torch.utils.data.DataLoader(test_set, batch_size=cfg.batch_size)
     classifier = None

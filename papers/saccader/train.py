@@ -37,12 +37,13 @@ import torch
 import torch.nn.functional as F
 from accelerate import PartialState
 
-from core.cli import main_guard, parse_args, save_config
+from core.cli import main_guard, parse_args
 from core.data import build_dataset, list_datasets
 from core.data.transforms import Compose, RandomResizedCrop, Resize, ToSigned
 from core.errors import UserError
 from core.estimators import batch_mean_baseline, reinforce_loss
 from core.results import save_result
+from core.runs import begin_run, micro_batch
 from core.train import LoopConfig, train
 from papers.saccader.config import SaccaderConfig, get_config
 from papers.saccader.data import DigitPairs
@@ -220,7 +221,7 @@ class Pipeline:
         optimizer = make_optimizer(opt_cfg or cfg, model, stage)
         warmup = math.ceil(max_steps * cfg.warmup_epochs / cfg.epochs)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(max_steps, warmup))
-        loop = LoopConfig(max_steps=max_steps, batch_size=cfg.batch_size // self.state.num_processes,
+        loop = LoopConfig(max_steps=max_steps, batch_size=micro_batch(cfg.batch_size),
                           seed=cfg.seed + self.fits, checkpoint_every=cfg.checkpoint_every,
                           eval_every=cfg.eval_every, log_every=cfg.log_every,
                           output_dir=str(self.out / folder),
@@ -252,12 +253,9 @@ class Pipeline:
 
 def run(cfg: SaccaderConfig, output_dir: str) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
-    state = PartialState()
-    if cfg.batch_size % state.num_processes:
-        raise UserError(f"batch_size {cfg.batch_size} is not divisible by {state.num_processes} processes")
+    micro_batch(cfg.batch_size)  # refuses a batch the processes cannot share, before any training
     pipe = Pipeline(cfg, output_dir)
-    if state.is_main_process:
-        save_config(cfg, output_dir)
+    begin_run(cfg, output_dir)
     train_glimpses = f"T{cfg.train_glimpses}"
 
     if cfg.model in ("bagnet", "resnet"):

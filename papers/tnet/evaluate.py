@@ -11,8 +11,6 @@ DIR/overlays.png. The functions here are also what train.py uses for its final e
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from pathlib import Path
 
@@ -28,7 +26,8 @@ from core.errors import UserError
 from core.glimpse import coverage
 from core.metrics import measure_latency, peak_memory
 from core.results import save_result
-from papers.tnet.config import TNetConfig, get_config, parse_locs, total_locations
+from core.runs import load_config
+from papers.tnet.config import TNetConfig, parse_locs, total_locations
 from papers.tnet.flops import multiplications
 from papers.tnet.model import TNet, build_model
 
@@ -150,12 +149,7 @@ def _evaluate(args) -> int:
     from papers.tnet.figures import draw_overlays
     from papers.tnet.train import build_datasets
 
-    config_path = args.run_dir / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"{args.run_dir} has no config.json (not a train.py output directory)")
-    saved = json.loads(config_path.read_text())
-    cfg = dataclasses.replace(get_config(saved["name"]),
-                              **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    cfg = load_config(args.run_dir, TNetConfig)
     if args.locs:
         cfg = override(cfg, "eval_locs", args.locs)
     for item in args.set:

@@ -21,12 +21,11 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
+from core import runs
 from core.cli import main_guard
 from core.errors import UserError
-from core.train import checkpoint_steps
 from papers.wsram.config import WSRAMConfig
 from papers.wsram.model import WSRAM, build_model
 from papers.wsram.train import build_datasets
@@ -34,18 +33,7 @@ from papers.wsram.train import build_datasets
 
 def load_run(run_dir: Path) -> tuple[WSRAMConfig, WSRAM]:
     """The run's config and its model with the latest checkpoint's weights."""
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"{run_dir} has no config.json (not a papers/wsram/train.py output directory)")
-    raw = json.loads(config_path.read_text())
-    raw["digit_scale"] = tuple(raw["digit_scale"])
-    cfg = WSRAMConfig(**raw)
-    steps = checkpoint_steps(run_dir / "checkpoints")
-    if not steps:
-        raise UserError(f"{run_dir}/checkpoints holds no finished checkpoint")
-    model = build_model(cfg)
-    model.load_state_dict(load_file(run_dir / "checkpoints" / f"step_{steps[-1]}" / "model.safetensors"))
-    return cfg, model.eval()
+    return runs.load_run(run_dir, WSRAMConfig, build_model)
 
 
 def test_set(cfg: WSRAMConfig, test_size: int):
