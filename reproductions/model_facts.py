@@ -26,14 +26,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 from tqdm import tqdm
 
 from core.cli import main_guard
 from core.metrics import count_multiplications, count_parameters
+from core.registry import Paper, get_paper
 from core.reproduce import load_spec
 from core.results import (
     REPO_ROOT,
@@ -44,23 +42,19 @@ from core.results import (
     provenance,
     save_result,
 )
-from papers.saccader.config import SaccaderConfig
-from papers.saccader.config import get_config as saccader_config
-from papers.saccader.model import build_model as build_saccader
-from papers.tnet.config import get_config as tnet_config
+from core.runs import config_from_dict
 from papers.tnet.flops import table
-from papers.tnet.model import build_model as build_tnet
-from papers.wsram.config import WSRAMConfig
-from papers.wsram.model import build_model as build_wsram
+
+TNET, SACCADER, WSRAM = (get_paper(name) for name in ("tnet", "saccader", "wsram"))
 
 TNET_CONFIGS = ("imagenet", "imagenet-bagnet77", "fmow", "fmow-efficientnet-b0")
 SACCADER_CONFIGS = ("imagenet", "imagenet-bagnet77-lowd", "imagenet-resnet-v2-50", "imagenet-dram")
 GLIMPSES = {"imagenet": (2, 6, 20, 30), "imagenet-dram": (2, 4, 8, 20)}  # the rows of TNet's Table 1
 
 
-def _params(build, config: str) -> int:
+def _params(paper: Paper, config: str) -> int:
     with torch.device("meta"):  # counts need shapes only
-        return count_parameters(build(config))
+        return count_parameters(paper.build_model(paper.get_config(config)))
 
 
 def measure_paper() -> dict[str, float]:
@@ -69,7 +63,7 @@ def measure_paper() -> dict[str, float]:
     progress = tqdm(total=total, desc="paper-scale facts", unit="fact", dynamic_ncols=True)
     for name in TNET_CONFIGS:
         progress.set_postfix_str(f"tnet/{name} params")
-        facts[f"tnet/{name}/params"] = _params(lambda n: build_tnet(tnet_config(n)), name)
+        facts[f"tnet/{name}/params"] = _params(TNET, name)
         progress.update()
     progress.set_postfix_str("tnet Tables 1-2 multiplications")
     for row in table():
@@ -78,12 +72,12 @@ def measure_paper() -> dict[str, float]:
     progress.update()
     for name in SACCADER_CONFIGS:
         progress.set_postfix_str(f"saccader/{name} params")
-        facts[f"saccader/{name}/params"] = _params(lambda n: build_saccader(saccader_config(n)), name)
+        facts[f"saccader/{name}/params"] = _params(SACCADER, name)
         progress.update()
     torch.manual_seed(0)
     images = torch.rand(1, 3, 224, 224) * 2 - 1
     for name, counts in GLIMPSES.items():
-        model = build_saccader(saccader_config(name)).eval()
+        model = SACCADER.build_model(SACCADER.get_config(name)).eval()
         if name == "imagenet":  # sec. 3.1: 19 x 19 = 361 locations at 224 px
             facts[f"saccader/{name}/locations"] = model(images, 1)["logits_map"][0, 0].numel()
         for t in counts:
@@ -95,32 +89,32 @@ def measure_paper() -> dict[str, float]:
     return facts
 
 
-def _config(cls, resolved: dict):
-    """The dataclass config a stored run resolved to (JSON lists back to tuples)."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in resolved.items() if k in names})
+def _config(paper: Paper, resolved: dict):
+    """The dataclass config a stored run resolved to (fields the config has since dropped are ignored)."""
+    names = {f.name for f in dataclasses.fields(paper.config_cls)}
+    return config_from_dict(paper.config_cls, {k: v for k, v in resolved.items() if k in names})
 
 
 def _saccader_mults(resolved: dict) -> int:
     """Saccader or DRAM predicting from its trained number of glimpses, as its test_accuracy is measured."""
-    cfg = _config(SaccaderConfig, resolved)
-    model = build_saccader(cfg).eval()
+    cfg = _config(SACCADER, resolved)
+    model = SACCADER.build_model(cfg).eval()
     images = torch.zeros(1, cfg.channels, cfg.image_size, cfg.image_size)
     return count_multiplications(lambda x: model(x, cfg.train_glimpses), images)
 
 
 def _wsram_mults(resolved: dict) -> int:
     """WS-RAM's prediction (the mean over num_samples glimpse sequences), as its accuracy is measured."""
-    cfg = _config(WSRAMConfig, resolved)
-    model = build_wsram(cfg).eval()
+    cfg = _config(WSRAM, resolved)
+    model = WSRAM.build_model(cfg).eval()
     images = torch.zeros(1, 1, cfg.canvas, cfg.canvas)
     return count_multiplications(lambda x: model.predict(x, cfg.num_samples), images)
 
 
 # Training scripts whose runs report an accuracy but no multiplications -> how to count them.
 CPU_COUNTERS: dict[str, Callable[[dict], int]] = {
-    "papers/saccader/train.py": _saccader_mults,
-    "papers/wsram/train.py": _wsram_mults,
+    SACCADER.train_script: _saccader_mults,
+    WSRAM.train_script: _wsram_mults,
 }
 
 

@@ -12,6 +12,7 @@ from core.errors import UserError
 from core.metrics import (
     GradientVariance,
     accuracy,
+    correct,
     count_multiplications,
     count_parameters,
     iterations_to_within,
@@ -75,6 +76,16 @@ def test_accuracy_top1_top5_by_hand():
         accuracy(logits, targets, topk=(8,))
     with pytest.raises(UserError):
         accuracy(logits, targets[:3])
+
+
+def test_correct_is_per_example_and_keeps_leading_dimensions():
+    logits = torch.tensor([[[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]],
+                           [[1.0, 1.0, 0.0], [0.0, 1.0, 2.0]]])  # (2, 2, 3)
+    targets = torch.tensor([[1, 2], [1, 1]])
+    assert correct(logits, targets).tolist() == [[1.0, 0.0], [0.0, 0.0]]  # a tie goes to the first class
+    assert correct(logits, targets, k=2).tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    with pytest.raises(UserError, match="targets"):
+        correct(logits, targets[0])
 
 
 # ----------------------------------------------------------------------------- gradient variance

@@ -18,17 +18,14 @@ Metrics (per example, averaged over the test set), for a policy P and k glimpses
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 from torch import Tensor, nn
 
 from core.cli import main_guard
 from core.glimpse import coverage, glimpse_top_left, patch_boxes
+from core.metrics import correct
 from core.results import save_result
 from core.runs import load_config, load_weights
 from papers.saccader.config import SaccaderConfig
@@ -68,7 +65,7 @@ def glimpse_metrics(name: str, boxes: Tensor, predictions: Tensor, targets: Tens
         out[f"coverage_{name}_T{k}"] = coverage(boxes[:, :k], images.shape[-2:]).float()
         if classifier is not None:
             occluded = classifier(occlude(images, boxes[:, :k], occlusion_value))
-            out[f"occluded_accuracy_{name}_T{k}"] = (occluded.argmax(1) == targets).float()
+            out[f"occluded_accuracy_{name}_T{k}"] = correct(occluded, targets)
         if parts is not None:
             out[f"parts_seen_{name}_T{k}"] = parts_seen(boxes[:, :k], parts)
     return out
@@ -112,7 +109,7 @@ def make_eval_fn(cfg: SaccaderConfig, names: list[str], classifier: nn.Module | 
                                    occlusion_value)
         logits_map = model.backbone.forward_features(images)["logits_map"]
         if whole_image:
-            out["accuracy_all_locations"] = (logits_map.mean((2, 3)).argmax(1) == targets).float()
+            out["accuracy_all_locations"] = correct(logits_map.mean((2, 3)), targets)
         for entry in names:
             alias, _, policy = entry.partition("=")
             boxes, predictions = saccader_glimpses(model, policy or alias, images, max(counts), logits_map)
@@ -125,7 +122,7 @@ def make_eval_fn(cfg: SaccaderConfig, names: list[str], classifier: nn.Module | 
 
 def classifier_eval_fn(model, batch) -> dict[str, Tensor]:
     """Whole-image accuracy of a plain classifier (BagNet-77-lowD, ResNet-v2-50)."""
-    return {"accuracy": (model(batch[0]).argmax(1) == batch[1]).float()}
+    return {"accuracy": correct(model(batch[0]), batch[1])}
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -27,11 +27,7 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +38,7 @@ from core.data import build_dataset, list_datasets
 from core.data.transforms import Compose, RandomResizedCrop, Resize, ToSigned
 from core.errors import UserError
 from core.estimators import batch_mean_baseline, reinforce_loss
+from core.metrics import correct
 from core.results import save_result
 from core.runs import begin_run, micro_batch
 from core.train import LoopConfig, train
@@ -99,7 +96,7 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
         images, targets = batch[0], batch[1]
         logits = model(images, 0)["logits"][:, 0] if cfg.model == "saccader" else model(images)
         loss = F.cross_entropy(logits, targets)  # the geometric mean over locations = softmax of mean logits
-        return loss, {"train_accuracy": (logits.argmax(1) == targets).float().mean().item()}
+        return loss, {"train_accuracy": correct(logits, targets).mean().item()}
 
     def location(model, batch, step):  # eq. 5
         _unwrap(model).backbone.eval()  # "fixed from BagNet-77-lowD" (Table Supp.5 *): BN statistics too
@@ -114,7 +111,7 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
         S, T, B = cfg.mc_samples, cfg.train_glimpses, images.shape[0]
         out = model(images, T, num_samples=S)
         targets = targets.repeat(S)
-        reward = (out["logits"].mean(1).argmax(1) == targets).float().view(S, B)
+        reward = correct(out["logits"].mean(1), targets).view(S, B)
         # eq. 6 sums over the S samples (reinforce_loss averages): scale by S.
         pg = S * reinforce_loss(out["log_prob"].sum(1).view(S, B), reward, batch_mean_baseline(reward))
         ce = classification_loss(out["logits"], targets)
@@ -125,7 +122,7 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
             images, targets = batch[0], batch[1]
             logits = model(images, cfg.dram_pretrain_glimpses, pretrain_glimpse=glimpse)["logits"].mean(1)
             return F.cross_entropy(logits, targets), {
-                "train_accuracy": (logits.argmax(1) == targets).float().mean().item()}
+                "train_accuracy": correct(logits, targets).mean().item()}
         return step_fn
 
     def dram_policy(model, batch, step):
@@ -136,7 +133,7 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
         S, T = cfg.mc_samples, cfg.train_glimpses
         out = model(images.repeat(S, 1, 1, 1), T)
         targets = targets.repeat(S)
-        reward = (out["logits"].argmax(-1) == targets[:, None]).float()  # (S*B, T)
+        reward = correct(out["logits"], targets[:, None].expand(out["logits"].shape[:-1]))  # (S*B, T)
         pg = reinforce_loss(out["log_prob"], reward, batch_mean_baseline(reward))
         ce = F.cross_entropy(out["logits"].flatten(0, 1), targets.repeat_interleave(T))
         return ce + cfg.dram_reinforce_weight * pg, {"reward": reward[:, -1].mean().item(),
@@ -147,7 +144,7 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
         boxes, _ = saccader_glimpses(saccader, "learned", images, cfg.train_glimpses)
         logits = model(images, boxes).mean(1)
         return F.cross_entropy(logits, targets), {
-            "train_accuracy": (logits.argmax(1) == targets).float().mean().item()}
+            "train_accuracy": correct(logits, targets).mean().item()}
 
     if stage == "patch_classifier":
         return patch_classifier
@@ -313,7 +310,7 @@ def patch_eval_fn(cfg: SaccaderConfig, saccader):
         images, targets = batch[0], batch[1]
         boxes, _ = saccader_glimpses(saccader, "learned", images, max(counts))
         logits = model(images, boxes)
-        return {f"accuracy_patch_classifier_T{k}": (logits[:, :k].mean(1).argmax(1) == targets).float()
+        return {f"accuracy_patch_classifier_T{k}": correct(logits[:, :k].mean(1), targets)
                 for k in counts}
     return eval_fn
 
@@ -324,7 +321,7 @@ def _dram_pretrain_eval(cfg: SaccaderConfig, stage: str):
 
     def eval_fn(model, batch):
         logits = model(batch[0], cfg.dram_pretrain_glimpses, pretrain_glimpse=glimpse)["logits"].mean(1)
-        return {f"{stage}_accuracy": (logits.argmax(1) == batch[1]).float()}
+        return {f"{stage}_accuracy": correct(logits, batch[1])}
     return eval_fn
 
 

@@ -14,9 +14,6 @@ import argparse
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import torch
 from safetensors.torch import load_file
 from torch import nn
@@ -24,7 +21,7 @@ from torch import nn
 from core.cli import main_guard, override
 from core.errors import UserError
 from core.glimpse import coverage
-from core.metrics import measure_latency, peak_memory
+from core.metrics import correct, measure_latency, peak_memory
 from core.results import save_result
 from core.runs import load_config
 from papers.tnet.config import TNetConfig, parse_locs, total_locations
@@ -44,8 +41,7 @@ def eval_settings(cfg: TNetConfig) -> dict[int, tuple[int, ...]]:
 
 
 def _hits(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
-    k = min(k, logits.shape[1])
-    return (logits.topk(k, 1).indices == targets[:, None]).any(1).float()
+    return correct(logits, targets, min(k, logits.shape[1]))
 
 
 def make_eval_fn(cfg: TNetConfig):

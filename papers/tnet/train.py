@@ -15,15 +15,13 @@ import math
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import torch
 import torch.nn.functional as F
 
 from core.cli import main_guard, parse_args
 from core.data import DigitCanvas, build_dataset, list_datasets
 from core.data.transforms import random_resized_crop_box, resize, to_signed
+from core.metrics import correct
 from core.results import save_result
 from core.runs import begin_run, is_main_process, micro_batch
 from core.train import LoopConfig, train
@@ -146,7 +144,7 @@ def make_step_fn(cfg: TNetConfig):
         if cfg.l2:
             kernels = [p for p in model.parameters() if p.ndim > 1]
             loss = loss + cfg.l2 * sum(p.square().sum() for p in kernels)
-        return loss, {"train_accuracy": (logits.argmax(1) == targets).float().mean().item()}
+        return loss, {"train_accuracy": correct(logits, targets).mean().item()}
 
     return tnet_step if cfg.model == "tnet" else baseline_step
 

@@ -13,13 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import warnings
 from collections import Counter
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 import torch
 from nltk.translate.bleu_score import corpus_bleu

@@ -17,11 +17,7 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 import torch
 from accelerate import PartialState
