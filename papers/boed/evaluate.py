@@ -120,11 +120,6 @@ def attention_mults(cfg: BOEDConfig, adaptive: bool) -> tuple[int, int]:
     return count_multiplications(one_glimpse), count_multiplications(net.classifiers[0], h)
 
 
-def load_final(model: torch.nn.Module, run_dir: Path) -> int:
-    """Load the last checkpoint under run_dir/checkpoints into model; returns its step."""
-    return load_weights(model, run_dir, strict=False)
-
-
 def evaluate_run(run_dir: Path, split: str, batch_size: int) -> dict[str, float]:
     from papers.boed.train import load_data, members  # the data and member layout of train.py
 
@@ -133,7 +128,7 @@ def evaluate_run(run_dir: Path, split: str, batch_size: int) -> dict[str, float]
     layout = [("adaptive", cfg.flops_task)] if adaptive else members(cfg)
     tasks = [k for _, k in layout]
     model = build_model(cfg, members=len(tasks), adaptive=adaptive)
-    step = load_final(model, run_dir / ("adaptive" if adaptive else "attention"))
+    step = load_weights(model, run_dir / ("adaptive" if adaptive else "attention"), strict=False)
     data = load_data(cfg, (split,))[split]
     labels = data.labels[:, tasks].long()
     out = rollout_dataset(model, data.images_float(), labels, batch_size, cfg.seed, cfg.eval_samples)

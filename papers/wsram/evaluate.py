@@ -19,17 +19,12 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from core import runs
 from core.cli import main_guard
 from core.errors import UserError
+from core.runs import load_run
 from papers.wsram.config import WSRAMConfig
 from papers.wsram.model import WSRAM, build_model
 from papers.wsram.train import build_datasets
-
-
-def load_run(run_dir: Path) -> tuple[WSRAMConfig, WSRAM]:
-    """The run's config and its model with the latest checkpoint's weights."""
-    return runs.load_run(run_dir, WSRAMConfig, build_model)
 
 
 def test_set(cfg: WSRAMConfig, test_size: int):
@@ -58,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     if any(v is not None and v < 1 for v in (args.num_samples, args.test_size)):
         raise UserError("--num-samples and --test-size must be >= 1")
-    cfg, model = load_run(args.run_dir)
+    cfg, model = load_run(args.run_dir, WSRAMConfig, build_model)
     result = {"variant": cfg.variant, **test_errors(cfg, model, args.num_samples or cfg.num_samples,
                                                      args.test_size or cfg.test_size)}
     print(json.dumps(result))
