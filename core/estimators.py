@@ -130,7 +130,11 @@ def effective_sample_size(weights: Tensor, dim: int = 0) -> Tensor:
 
 
 def variational_bound_loss(
-    log_py: Tensor, log_pa: Tensor, baseline: Tensor | None = None, control_variate: bool = False
+    log_py: Tensor,
+    log_pa: Tensor,
+    baseline: Tensor | None = None,
+    control_variate: bool = False,
+    log_proposal: Tensor | None = None,
 ) -> Tensor:
     """WS-RAM "VAR" (eqs 3-5): ascend ``F = sum_a p(a|I) log p(y|a,I)`` with a^m ~ p(a|I), m = 1..M.
 
@@ -143,9 +147,13 @@ def variational_bound_loss(
         reads E_p[d log p(a|I)/dtheta] = 0, and the same M samples estimate its coefficient: b^m is the
         mean of log p(y|a^m') over the other M - 1 samples of the example (leave-one-out, so that, as the
         paper requires, the control variate adds no bias; needs M >= 2).
+    ``log_proposal``: (M, B) log-density of the distribution the a^m were drawn from when it is not the
+    prior (e.g. the tempered prior of §4.5's heuristic 1). Each sample's term is then multiplied by
+    p(a^m|I) / proposal(a^m) (detached), the importance correction without which tempered samples would
+    bias the gradient towards the tempered policy's.
     Unbiased for dF/dtheta in every case.
     """
-    _check_samples(log_py=log_py, log_pa=log_pa)
+    _check_samples(log_py=log_py, log_pa=log_pa, log_proposal=log_proposal)
     if baseline is not None and control_variate:
         raise UserError("pass either a baseline or control_variate=True, not both")
     if control_variate:
@@ -153,7 +161,10 @@ def variational_bound_loss(
             raise UserError("the VAR control variate needs M >= 2 samples per example")
         baseline = batch_mean_baseline(log_py, dim=0, leave_one_out=True)
     reward = log_py if baseline is None else log_py - baseline
-    return -(log_py + reward.detach() * log_pa).mean()
+    terms = log_py + reward.detach() * log_pa
+    if log_proposal is not None:
+        terms = (log_pa - log_proposal).detach().exp() * terms
+    return -terms.mean()
 
 
 class WakeSleepOutput(NamedTuple):

@@ -10,6 +10,7 @@ Conventions (see FACTS.md):
 
 from __future__ import annotations
 
+import functools
 import math
 import statistics
 import time
@@ -96,6 +97,8 @@ def multiplications_by_module(fn_or_module: Callable, *inputs) -> dict[str, int]
 
 
 def _device_of(fn: Callable, inputs: tuple) -> torch.device:
+    if isinstance(fn, functools.partial):  # bound inputs (the bench's partial(model, x)) name the device
+        return _device_of(fn.func, (*fn.args, *fn.keywords.values(), *inputs))
     for x in inputs:
         if isinstance(x, torch.Tensor):
             return x.device

@@ -7,7 +7,10 @@ Every (run, seed) of the scale is a subprocess `python <script> --config C --see
 reading nothing but its CLI; the runner shows overall progress with the running runs' current steps, collects
 each run's final_metrics.json, aggregates over seeds, evaluates the claims and compares with
 results/<paper>/<scale>.json. Exit status 0 only if every run succeeded with finite metrics, every metric is
-within tolerance, every required claim holds and every claim has its stored outcome. A scale checks the
+within tolerance, every required claim holds and every claim has its stored outcome. The spec's [[health]]
+rules (runs = name globs, metric, op, value, text; optional scales) flag each (run, seed) whose metric breaks
+them: a claim resting on a flagged run does not hold and fails the check with a line naming the flag, and
+the stored result lists the flags under "health". A scale checks the
 spec's claims whose runs it has, or only those its section lists (`claims = [...]`). The smoke scale is a
 wiring check of a few updates per run: it needs no stored results and passes on its own checks. --update
 (after all runs succeeded) stores the new numbers, provenance and per-run logs instead; nothing else ever
@@ -35,14 +38,17 @@ from core.cli import ArgumentParser, main_guard
 from core.errors import UserError
 from core.results import (
     REPO_ROOT,
+    HealthCheck,
     Tolerance,
     aggregate,
     compare,
+    describe_flag,
     evaluate_claims,
     fmt,
     format_claims,
     format_comparison,
     format_table,
+    health_flags,
     load_result,
     provenance,
     save_result,
@@ -80,6 +86,9 @@ class Spec:
     """The claims this scale checks: those its section lists, else every claim whose runs it has."""
     unchecked: int = 0
     """How many of the spec's claims this scale does not check."""
+    health: list[HealthCheck] = field(default_factory=list)
+    """The spec's [[health]] rules that apply at this scale (`scales = [...]`; default every scale but
+    smoke, whose few updates learn nothing)."""
 
 
 def load_spec(path: str | Path, scale: str) -> Spec:
@@ -105,8 +114,12 @@ def load_spec(path: str | Path, scale: str) -> Spec:
                       for t in data.get("tolerances", [])]
         claims = [{"id": c["id"], "text": c.get("text", ""), "lhs": c["lhs"], "op": c["op"], "rhs": c["rhs"],
                    "required": bool(c.get("required", False))} for c in data.get("claims", [])]
+        health = [HealthCheck(tuple(str(r) for r in h["runs"]), h["metric"], h["op"], float(h["value"]),
+                              h["text"]) for h in data.get("health", [])
+                  if scale in h.get("scales", [s for s in SCALES if s != UNSTORED_SCALE])]
     except KeyError as e:
-        raise UserError(f"{path}: missing key {e} in scale {scale!r}, a tolerance or a claim") from None
+        raise UserError(f"{path}: missing key {e} in scale {scale!r}, a tolerance, a claim or a health check"
+                        ) from None
     except (TypeError, ValueError) as e:
         raise UserError(f"{path}: malformed entry ({e})") from None
     names = [r.name for r in runs]
@@ -116,7 +129,7 @@ def load_spec(path: str | Path, scale: str) -> Spec:
     return Spec(paper=data["paper"], description=sc.get("description", data.get("description", "")),
                 script=_repo_path(data["script"]), scale=scale, seeds=seeds,
                 jobs=int(sc.get("jobs", 1)), runs=runs, tolerances=tolerances, claims=checked,
-                unchecked=len(claims) - len(checked))
+                unchecked=len(claims) - len(checked), health=health)
 
 
 def _scale_claims(path: Path, scale: str, section: dict, claims: list[dict], runs: set[str]) -> list[dict]:
@@ -142,6 +155,15 @@ def _repo_path(path: str) -> Path:
 def claim_runs(claim: dict) -> set[str]:
     """Runs a claim refers to ("<run>/<metric>" sides; numbers refer to none)."""
     return {side.split("/", 1)[0] for side in (claim["lhs"], claim["rhs"]) if isinstance(side, str)}
+
+
+def flag_claims(claims: list[dict], flags: list[dict]) -> list[dict]:
+    """Claims resting on a flagged run do not hold; each gets "flags", the lines naming its runs' flags."""
+    out = []
+    for claim in claims:
+        lines = [describe_flag(f) for f in flags if f["run"] in claim_runs(claim)]
+        out.append({**claim, "holds": False, "flags": lines} if lines else claim)
+    return out
 
 
 def run_one(spec: Spec, run: Run, seed: int, out_dir: Path, threads: int) -> dict:
@@ -188,7 +210,8 @@ def run_one(spec: Spec, run: Run, seed: int, out_dir: Path, threads: int) -> dic
     return result
 
 
-def _store(spec: Spec, results_dir: Path, measured: dict, claims: list[dict], outputs: dict, prov: dict):
+def _store(spec: Spec, results_dir: Path, measured: dict, claims: list[dict], flags: list[dict],
+           outputs: dict, prov: dict):
     """Write results/<paper>/<scale>.json and its logs. Logs are staged and swapped in before the JSON is
     replaced, so an interruption leaves the old stored result intact."""
     paper_dir = results_dir / spec.paper
@@ -207,7 +230,7 @@ def _store(spec: Spec, results_dir: Path, measured: dict, claims: list[dict], ou
     else:
         os.replace(staging, logs)
     result = {"paper": spec.paper, "scale": spec.scale, "description": spec.description,
-              "provenance": prov, "metrics": measured, "claims": claims}
+              "provenance": prov, "metrics": measured, "claims": claims, "health": flags}
     return save_result(paper_dir / f"{spec.scale}.json", result)
 
 
@@ -217,9 +240,11 @@ def run_all(spec: Spec, workdir: Path, jobs: int, threads: int,
     progress with an ETA and each running run's current step. expected_s ("<run>/seed<seed>": seconds, from
     the stored result) lets a running run count in the progress before it finishes.
     Returns ({(run, seed): run_one result}, {(run, seed): output dir})."""
-    tasks = [(run, seed) for run in spec.runs for seed in spec.seeds]
-    outputs = {(run.name, seed): workdir / run.name / f"seed{seed}" for run, seed in tasks}
     expected_s = expected_s or {}
+    # Longest stored run first (spec order without one), so that the job queues end together.
+    tasks = sorted([(run, seed) for run in spec.runs for seed in spec.seeds],
+                   key=lambda t: -expected_s.get(f"{t[0].name}/seed{t[1]}", 0.0))
+    outputs = {(run.name, seed): workdir / run.name / f"seed{seed}" for run, seed in tasks}
     started, results = {}, {}
 
     def start(run: Run, seed: int) -> dict:
@@ -376,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     for run in spec.runs:
         per_seed = aggregate([results[run.name, s]["metrics"] for s in spec.seeds])
         measured.update({f"{run.name}/{k}": v for k, v in per_seed.items()})
-    claims = evaluate_claims(measured, spec.claims)
+    flags = health_flags({key: r["metrics"] for key, r in results.items()}, spec.health)
+    claims = flag_claims(evaluate_claims(measured, spec.claims), flags)
     unstored = stored is None and spec.scale == UNSTORED_SCALE
     if unstored:
         print(f"\nnothing stored at {spec.scale} scale: it checks that every run finishes with finite "
@@ -384,9 +410,17 @@ def main(argv: list[str] | None = None) -> int:
     elif stored is None:
         print(f"\nno stored results at {stored_path}")
     problems = check(spec, measured, claims, stored)
+    if flags:
+        print("\nhealth flags (the claims resting on these runs do not hold)")
+        print("\n".join(describe_flag(f) for f in flags))
+    problems += [f"claim {c['id']} rests on a flagged run ({'; '.join(c['flags'])})"
+                 for c in claims if c.get("flags") and not c["required"]]
     if unstored:
-        problems += [f"claim {c['id']} does not hold" for c in claims if not c["holds"] and not c["required"]]
-    required = [f"required claim {c['id']} does not hold" for c in claims if c["required"] and not c["holds"]]
+        problems += [f"claim {c['id']} does not hold" for c in claims
+                     if not c["holds"] and not c["required"] and not c.get("flags")]
+    required = [f"required claim {c['id']} does not hold" + (f" (flagged: {'; '.join(c['flags'])})"
+                                                             if c.get("flags") else "")
+                for c in claims if c["required"] and not c["holds"]]
 
     if args.update:
         if required:
@@ -399,13 +433,13 @@ def main(argv: list[str] | None = None) -> int:
             if script.is_relative_to(REPO_ROOT):
                 script = script.relative_to(REPO_ROOT)
             configs[run.name] = {"script": script.as_posix(), "config": run.config, "set": run.set,
-                                 "resolved": json.loads(resolved.read_text()) if resolved.exists() else None}
+                                 "resolved": _portable_config(resolved)}
         run_walls = {f"{run}/seed{seed}": round(r["wall_s"], 2) for (run, seed), r in results.items()}
         run_cpus = {f"{run}/seed{seed}": round(r["cpu_s"], 2) for (run, seed), r in results.items()}
         prov = provenance(configs=configs, seeds=spec.seeds, wall_time_s=wall, jobs=jobs,
                           threads_per_job=threads, run_wall_time_s=run_walls, run_cpu_time_s=run_cpus,
                           cpu_time_s=round(sum(run_cpus.values()), 1))
-        path = _store(spec, args.results_dir, measured, claims, outputs, prov)
+        path = _store(spec, args.results_dir, measured, claims, flags, outputs, prov)
         print(f"\nstored {path} ({len(measured)} metrics, {len(claims)} claims; {wall:.0f}s)")
         return 0
     if required + problems:
@@ -419,6 +453,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nPASS: {len(measured)} metrics within tolerance, {len(claims)} claims as stored "
               f"({wall:.0f}s)")
     return 0
+
+
+def _portable_config(path: Path) -> dict | None:
+    """A run's resolved config.json without its output directory, a temporary path of the machine."""
+    if not path.exists():
+        return None
+    config = json.loads(path.read_text())
+    config.pop("output_dir", None)
+    return config
 
 
 def _expected_seconds(stored: dict | None) -> dict[str, float]:

@@ -64,6 +64,20 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def portable_command(argv: list[str]) -> str:
+    """The command as a reader can rerun it from a checkout: the interpreter as `python` and paths inside
+    the repository relative to it, so that no machine's absolute paths enter the stored results."""
+    words = []
+    for i, word in enumerate(argv):
+        path = Path(word)
+        if i == 0 and (word == sys.executable or path.name.startswith("python")):
+            word = "python"
+        elif path.is_absolute() and path.resolve().is_relative_to(REPO_ROOT):
+            word = path.resolve().relative_to(REPO_ROOT).as_posix()
+        words.append(word)
+    return shlex.join(words)
+
+
 def provenance(configs: dict | None = None, seeds: list[int] | None = None,
                wall_time_s: float | None = None, command: list[str] | None = None, **extra) -> dict:
     """Everything needed to tell where a number came from: code version, command, configs, seeds,
@@ -81,7 +95,7 @@ def provenance(configs: dict | None = None, seeds: list[int] | None = None,
     return {
         "git_commit": commit,
         "git_dirty": bool(_git("status", "--porcelain")) if commit else None,
-        "command": shlex.join(command if command is not None else [sys.executable, *sys.argv]),
+        "command": portable_command(command if command is not None else [sys.executable, *sys.argv]),
         "configs": configs or {},
         "seeds": list(seeds or []),
         "packages": versions,
@@ -217,6 +231,51 @@ def evaluate_claims(metrics: dict, claims: list[dict]) -> list[dict]:
     return out
 
 
+@dataclass(frozen=True)
+class HealthCheck:
+    """A spec's training-health rule ([[health]]): on every seed of every run it matches, the run's metric
+    must satisfy `metric op value`; a (run, seed) that does not is flagged, and the claims resting on that
+    run fail, so a collapsed run is never averaged silently into a claim."""
+
+    runs: tuple[str, ...]
+    """Globs of the run names the rule covers."""
+    metric: str
+    """A key of those runs' final_metrics.json (a run that does not write it is flagged too)."""
+    op: str
+    """One of < <= > >=."""
+    value: float
+    """The threshold the metric is compared with."""
+    text: str
+    """What a flag means, e.g. "train accuracy still at chance (0.1) after 3,000 updates"."""
+
+    def __post_init__(self):
+        if self.op not in OPS:
+            raise UserError(f"health check on {self.metric!r}: op must be one of {' '.join(OPS)}, "
+                            f"got {self.op!r}")
+
+
+def health_flags(per_run: dict[tuple[str, int], dict[str, float]], checks: list[HealthCheck]) -> list[dict]:
+    """The (run, seed)s that break a health check: [{"run", "seed", "metric", "value" (None: not written),
+    "op", "threshold", "text"}], in check order, then run and seed order."""
+    flags = []
+    for check in checks:
+        for (run, seed), metrics in sorted(per_run.items()):
+            if not any(fnmatch.fnmatchcase(run, pattern) for pattern in check.runs):
+                continue
+            value = metrics.get(check.metric)
+            if value is None or not OPS[check.op](value, check.value):
+                flags.append({"run": run, "seed": seed, "metric": check.metric, "value": value,
+                              "op": check.op, "threshold": check.value, "text": check.text})
+    return flags
+
+
+def describe_flag(flag: dict) -> str:
+    """One line naming a health flag: "tnet seed 2: train_accuracy_end 0.07, needs >= 0.2 (text)"."""
+    value = "not written" if flag["value"] is None else fmt(flag["value"])
+    return (f"{flag['run']} seed {flag['seed']}: {flag['metric']} {value}, needs {flag['op']} "
+            f"{flag['threshold']:g} ({flag['text']})")
+
+
 def fmt(x) -> str:
     """Compact number formatting for tables (4 significant digits); None prints as a dash."""
     if x is None:
@@ -257,7 +316,7 @@ def format_claims(claims: list[dict], stored: dict[str, bool] | None = None, mar
     for c in claims:
         before = (stored or {}).get(c["id"])
         table.append([c["id"], f"{fmt(c['lhs_value'])} {c['op']} {fmt(c['rhs_value'])}",
-                      "holds" if c["holds"] else "does not hold",
+                      "flagged run" if c.get("flags") else "holds" if c["holds"] else "does not hold",
                       "-" if before is None else ("holds" if before else "does not hold"),
                       "yes" if c.get("required") else "no"])
     return format_table(["claim", "values", "outcome", "stored", "required"], table, markdown)

@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import RNG_STATE_NAME, broadcast, load, send_to_device, set_seed
+from accelerate.utils import (
+    RNG_STATE_NAME,
+    broadcast,
+    extract_model_from_parallel,
+    load,
+    send_to_device,
+    set_seed,
+)
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
@@ -38,8 +45,9 @@ class LoopConfig:
     """Micro-batch size per process; the effective batch is batch_size * processes * grad_accum_steps."""
     grad_accum_steps: int = 1
     """Micro-batches whose gradients are summed (averaged) before each optimiser update."""
-    mixed_precision: str = "no"
-    """Autocast mode: "no", "bf16" or "fp16" (fp16 adds a dynamic loss scaler)."""
+    mixed_precision: str | None = None
+    """Autocast mode: "no", "bf16" or "fp16" (fp16 adds a dynamic loss scaler); None defers to the launcher
+    (`accelerate launch --mixed_precision`, ACCELERATE_MIXED_PRECISION), "no" without one."""
     seed: int = 0
     """Seeds the global RNGs and the data order."""
     checkpoint_every: int = 1000
@@ -50,19 +58,24 @@ class LoopConfig:
     """Append training statistics to <output_dir>/metrics.jsonl every this many steps."""
     output_dir: str = "runs/default"
     """Where checkpoints/ and metrics.jsonl go; an existing checkpoint there is resumed automatically."""
-    num_workers: int = 0
-    """DataLoader worker processes."""
+    num_workers: int | None = 0
+    """DataLoader worker processes; None: from the cores available to each process (paper scale on a GPU).
+    Workers draw random augmentations from their own seeds, so the count is part of a run's identity."""
     cpu: bool = False
     """Force CPU even when an accelerator is available."""
+    channels_last: bool = False
+    """Convert the model and image batches to channels_last on CUDA (a gain for conv nets, issue #18)."""
+    compile: bool = False
+    """Wrap the model in torch.compile (opt-in: not measured to pay off on every model)."""
 
     def __post_init__(self):
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
+        if self.mixed_precision not in (None, "no", "bf16", "fp16"):
             raise UserError(f"mixed_precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
         for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("checkpoint_every", "eval_every", "num_workers", "seed"):
-            if getattr(self, name) < 0:
+            if (getattr(self, name) or 0) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
@@ -172,6 +185,47 @@ def evaluate(accelerator: Accelerator, model, loader: DataLoader, eval_fn: EvalF
     return {name: torch.cat(v).mean().item() for name, v in values.items()}
 
 
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    """The paper's own module inside whatever the accelerator wrapped it in (DDP, FSDP, torch.compile), for
+    step functions that read its attributes; the accelerator's own unwrapping, not `model.module`."""
+    return extract_model_from_parallel(model, keep_torch_compile=False)
+
+
+def write_run_record(out: Path, accelerator: Accelerator, channels_last: bool, compiled: bool) -> Path:
+    """<out>/run.json: the precision, devices, memory format and compile mode this run actually used (the
+    launcher can change the first two without the config showing it)."""
+    record = {"mixed_precision": accelerator.mixed_precision, "device": accelerator.device.type,
+              "num_processes": accelerator.num_processes,
+              "memory_format": "channels_last" if channels_last else "contiguous",
+              "compile": "torch.compile" if compiled else "none"}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
+    return out / "run.json"
+
+
+def loader_options(loop: LoopConfig, accelerator: Accelerator) -> dict:
+    """DataLoader keyword arguments that keep an accelerator fed: workers (the configured number, or with
+    None one per core available to this process less one for the training loop, at most 8), kept alive
+    across evaluations, prefetching 4 batches each, and page-locked batches on CUDA."""
+    workers = loop.num_workers
+    if workers is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        workers = min(8, max(cores // accelerator.num_processes - 1, 0))
+    extra = dict(persistent_workers=True, prefetch_factor=4) if workers else {}
+    return dict(num_workers=workers, pin_memory=accelerator.device.type == "cuda", **extra)
+
+
+def _to_channels_last(batch):
+    """4-D tensors of a batch (images) in channels_last; everything else unchanged."""
+    if isinstance(batch, torch.Tensor):
+        return batch.contiguous(memory_format=torch.channels_last) if batch.ndim == 4 else batch
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_channels_last(b) for b in batch)
+    if isinstance(batch, dict):
+        return {k: _to_channels_last(v) for k, v in batch.items()}
+    return batch
+
+
 def train(loop: LoopConfig, model: torch.nn.Module, optimizer: torch.optim.Optimizer, train_dataset: Dataset,
           step_fn: StepFn, eval_dataset: Dataset | None = None, eval_fn: EvalFn | None = None,
           scheduler=None, extra_state: Iterable = ()) -> dict[str, float]:
@@ -190,15 +244,22 @@ def train(loop: LoopConfig, model: torch.nn.Module, optimizer: torch.optim.Optim
     accelerator = Accelerator(gradient_accumulation_steps=loop.grad_accum_steps,
                               mixed_precision=loop.mixed_precision, cpu=loop.cpu)
     set_seed(loop.seed)
+    channels_last = loop.channels_last and accelerator.device.type == "cuda"
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if loop.compile:
+        model = torch.compile(model)
     model, optimizer = accelerator.prepare(model, optimizer)
+    if accelerator.is_main_process:
+        write_run_record(out, accelerator, channels_last, loop.compile)
     for obj in [scheduler, *extra_state]:
         if obj is not None:
             accelerator.register_for_checkpointing(obj)
     eval_loader = None
     if eval_fn is not None:
         eval_loader = accelerator.prepare(DataLoader(
-            eval_dataset, batch_size=loop.batch_size, num_workers=loop.num_workers,
-            generator=torch.Generator().manual_seed(loop.seed)))
+            eval_dataset, batch_size=loop.batch_size, generator=torch.Generator().manual_seed(loop.seed),
+            **loader_options(loop, accelerator)))
 
     # All processes must agree on the resume step, so read the directory after the main one created it.
     if accelerator.is_main_process:
@@ -221,9 +282,8 @@ def train(loop: LoopConfig, model: torch.nn.Module, optimizer: torch.optim.Optim
     sampler = StepSampler(len(train_dataset), loop.batch_size, accelerator.num_processes,
                           accelerator.process_index, loop.seed, start=start * loop.grad_accum_steps)
     # A private generator: creating the loader iterator must not consume the (checkpointed) global RNG.
-    batches = iter(DataLoader(train_dataset, batch_sampler=sampler, num_workers=loop.num_workers,
-                              pin_memory=accelerator.device.type == "cuda",
-                              generator=torch.Generator().manual_seed(loop.seed)))
+    batches = iter(DataLoader(train_dataset, batch_sampler=sampler, generator=torch.Generator().manual_seed(
+        loop.seed), **loader_options(loop, accelerator)))
     log = _open_log(out / "metrics.jsonl", start) if accelerator.is_main_process else None
     progress = tqdm(total=loop.max_steps, initial=start, desc="train", dynamic_ncols=True,
                     disable=not accelerator.is_local_main_process)
@@ -234,6 +294,8 @@ def train(loop: LoopConfig, model: torch.nn.Module, optimizer: torch.optim.Optim
             stats = defaultdict(float)
             for _ in range(loop.grad_accum_steps):
                 batch = send_to_device(next(batches), accelerator.device)
+                if channels_last:
+                    batch = _to_channels_last(batch)
                 with accelerator.accumulate(model):
                     loss, extra = step_fn(model, batch, step)
                     # Agreed across processes so that all stop together instead of one hanging in all-reduce.

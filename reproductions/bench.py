@@ -13,6 +13,9 @@
    plus the wall time of each `reproduce-<paper>` session from results/<paper>/cpu.json (<= 20 min).
 4. torch features: channels_last vs the default layout for BagNet-77 and TNet (1 location); bf16
    autocast on GPU.
+5. Loader throughput per core (issue #18): made ImageNet-like JPEGs (500 x 375, quality 90) decoded and
+   put through the TNet and Saccader training transforms in this one process (one thread), images per
+   CPU-second (>= 200); also decoding at reduced size (core.data.jpeg, PIL draft mode) for 77 px crops.
 
 Timing: R rounds; in each round every candidate runs once, back to back, so a slow spell of a shared
 machine hits all of them; a ratio is the median over rounds of the per-round ratio. --quick swaps the
@@ -461,6 +464,85 @@ def bench_sessions(results_dir: Path, targets: Targets) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
+# 5. Loader throughput
+
+
+LOADER_TARGET = 200.0  # images per CPU-second per core (issue #18)
+
+
+def made_jpegs(n: int, seed: int = 0, size: tuple[int, int] = (500, 375)) -> list[bytes]:
+    """n photo-like JPEGs (quality 90): smooth random colour fields plus fine noise, so the entropy coder
+    and the DCT see work like a photograph's (pure noise would be slower, flat colour faster)."""
+    import io
+
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(seed)
+    w, h = size
+    out = []
+    for _ in range(n):
+        field = F.interpolate(torch.rand(1, 3, h // 25, w // 25, generator=g), size=(h, w), mode="bicubic",
+                              align_corners=False)[0]
+        pixels = (field + 0.08 * torch.randn(3, h, w, generator=g)).clamp(0, 1).mul(255).byte()
+        buf = io.BytesIO()
+        Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(buf, "JPEG", quality=90)
+        out.append(buf.getvalue())
+    return out
+
+
+def loader_pipelines() -> dict:
+    """{name: fn(jpeg bytes) -> training image}: the papers' training transforms after a full decode, and
+    a 77 px Inception crop decoded at reduced size."""
+    from core.data.jpeg import decode_crop
+    from core.data.sources import decode_image
+    from core.data.transforms import Compose, RandomResizedCrop, ToSigned, random_resized_crop_box, resize
+    from papers.tnet.train import InceptionAugment
+
+    def full(transform):
+        return lambda data: transform(decode_image({"bytes": data}, 3, "made jpeg"))
+
+    def box(h, w):
+        return random_resized_crop_box(h, w, scale=(0.85, 1.0), ratio=(0.5, 2.0))
+
+    def full77(data):
+        image = decode_image({"bytes": data}, 3, "made jpeg")
+        top, left, h, w = box(*image.shape[-2:])
+        return resize(image[:, top:top + h, left:left + w], (77, 77)).clamp_(0, 1)
+
+    def draft77(data):
+        crop, _ = decode_crop(data, (77, 77), box)
+        return resize(crop, (77, 77)).clamp_(0, 1)
+
+    return {"tnet_train_224": full(InceptionAugment(224)),
+            # papers/saccader/train.py's training transform (App. C): Inception crop to 224 px, [-1, 1]
+            "saccader_train_224": full(Compose([RandomResizedCrop((224, 224)), ToSigned()])),
+            "crop77_full_decode": full77, "crop77_draft_decode": draft77}
+
+
+def bench_loader(quick: bool, targets: Targets) -> dict:
+    """Images per CPU-second of this process for each pipeline (CPU time, so other jobs on a shared machine
+    do not count), interleaved over rounds; one core's worth, as a DataLoader worker does it."""
+    files = made_jpegs(8 if quick else 64)
+    rounds = 2 if quick else 5
+    pipelines = loader_pipelines()
+    rates = {name: [] for name in pipelines}
+    torch.manual_seed(0)
+    for _ in range(rounds):
+        for name, fn in pipelines.items():
+            start = time.process_time()
+            for data in files:
+                fn(data)
+            rates[name].append(len(files) / max(time.process_time() - start, 1e-9))
+    out = {"images": len(files), "image_size": [500, 375], "jpeg_quality": 90, "rounds": rounds,
+           "torch_threads": torch.get_num_threads(),
+           "images_per_cpu_s": {name: statistics.median(r) for name, r in rates.items()}}
+    for name in ("tnet_train_224", "saccader_train_224"):
+        targets.add(f"loader/{name}/per_core", out["images_per_cpu_s"][name], ">=", LOADER_TARGET,
+                    "images per CPU-second: JPEG decode + the paper's training transform")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
 
 
 def run(quick: bool, device_name: str, results_dir: Path) -> dict:
@@ -473,7 +555,8 @@ def run(quick: bool, device_name: str, results_dir: Path) -> dict:
     for name, fn in (("glimpse", lambda: bench_glimpse(device, quick, targets)),
                      ("tnet_inference", lambda: bench_tnet(device, quick, targets)),
                      ("training", lambda: bench_training(device, quick)),
-                     ("sessions", lambda: bench_sessions(results_dir, targets))):
+                     ("sessions", lambda: bench_sessions(results_dir, targets)),
+                     ("loader", lambda: bench_loader(quick, targets))):
         t0 = time.perf_counter()
         sections[name] = fn()
         print(f"[bench] {name}: {time.perf_counter() - t0:.1f} s", flush=True)

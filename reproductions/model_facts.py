@@ -27,11 +27,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from core.cli import main_guard
-from core.metrics import count_multiplications, count_parameters
-from core.registry import Paper, get_paper
+from core.compare import CONVENTION  # a fact counted by the paper's convention
+from core.metrics import count_multiplications, count_parameters, multiplications_by_module
 from core.reproduce import load_spec
 from core.results import (
     REPO_ROOT,
@@ -43,18 +44,72 @@ from core.results import (
     save_result,
 )
 from core.runs import config_from_dict
+from papers.saccader.config import SaccaderConfig
+from papers.saccader.config import get_config as saccader_config
+from papers.saccader.model import build_model as build_saccader
+from papers.tnet.config import get_config as tnet_config
 from papers.tnet.flops import table
-
-TNET, SACCADER, WSRAM = (get_paper(name) for name in ("tnet", "saccader", "wsram"))
+from papers.tnet.model import build_model as build_tnet
+from papers.wsram.config import WSRAMConfig
+from papers.wsram.model import build_model as build_wsram
 
 TNET_CONFIGS = ("imagenet", "imagenet-bagnet77", "fmow", "fmow-efficientnet-b0")
 SACCADER_CONFIGS = ("imagenet", "imagenet-bagnet77-lowd", "imagenet-resnet-v2-50", "imagenet-dram")
 GLIMPSES = {"imagenet": (2, 6, 20, 30), "imagenet-dram": (2, 4, 8, 20)}  # the rows of TNet's Table 1
 
 
-def _params(paper: Paper, config: str) -> int:
+class _Bottleneck(nn.Module):
+    """He et al.'s bottleneck unit (1x1, 3x3, 1x1 convs; projection shortcut when the shape changes), the
+    stride on the 3x3 conv (torchvision's layout). BN and ReLU add no multiplications and are left out."""
+
+    def __init__(self, in_channels: int, planes: int, stride: int):
+        super().__init__()
+        self.residual = nn.Sequential(nn.Conv2d(in_channels, planes, 1, bias=False),
+                                      nn.Conv2d(planes, planes, 3, stride, 1, bias=False),
+                                      nn.Conv2d(planes, 4 * planes, 1, bias=False))
+        self.shortcut = (nn.Identity() if stride == 1 and in_channels == 4 * planes
+                         else nn.Conv2d(in_channels, 4 * planes, 1, stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.residual(x) + self.shortcut(x)
+
+
+def he_resnet50(in_channels: int, num_classes: int = 1000) -> nn.Module:
+    """The standard ImageNet ResNet-50 (He et al. 2016: 7x7/2 stem, 3x3/2 max pool, units [3, 4, 6, 3],
+    stage strides 1, 2, 2, 2, 2048 -> num_classes FC), for counting multiplications only."""
+    layers: list[nn.Module] = [nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False), nn.MaxPool2d(3, 2, 1)]
+    channels = 64
+    for planes, units, stride in zip((64, 128, 256, 512), (3, 4, 6, 3), (1, 2, 2, 2), strict=True):
+        for unit in range(units):
+            layers.append(_Bottleneck(channels, planes, stride if unit == 0 else 1))
+            channels = 4 * planes
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes))
+
+
+def dram_step_facts(counts: tuple[int, ...]) -> dict[str, int]:
+    """DRAM's multiplications per step (the centre step and each of the T glimpses cost the same), ours and
+    by the convention of TNet's Table 1, whose DRAM rows are exactly (T + 1) x one step of: a standard
+    ResNet-50 (`he_resnet50`, with its 2048 x 1000 FC) on the 15-channel 77 px glimpse plus DRAM's
+    1024 x 1001 classifier, without the LSTMs. Ours is the official slim ResNet-v2-50 glimpse network
+    (stride in the last unit of each block) + both LSTMs + emission + classifier."""
+    cfg = saccader_config("imagenet-dram")
+    model = build_saccader(cfg).eval()
+    per_module = multiplications_by_module(lambda x: model(x, 1), torch.zeros(1, 3, 224, 224))
+    ours = {name: per_module[f"DRAM.{name}"] // 2 for name in  # T = 1: two steps
+            ("glimpse_net", "classification_rnn", "location_rnn", "emission", "classifier")}
+    glimpse = torch.zeros(1, cfg.dram_resolutions * (cfg.channels + 2), cfg.dram_glimpse, cfg.dram_glimpse)
+    table1 = (count_multiplications(he_resnet50(glimpse.shape[1]), glimpse)
+              + count_multiplications(model.classifier, torch.zeros(1, model.classifier.in_features)))
+    facts = {"saccader/imagenet-dram/step_mults": sum(ours.values()),
+             f"saccader/imagenet-dram/step_mults{CONVENTION}": table1}
+    facts |= {f"saccader/imagenet-dram/step_mults_{name}": n for name, n in ours.items()}
+    facts |= {f"saccader/imagenet-dram/mults_T{t}{CONVENTION}": (t + 1) * table1 for t in counts}
+    return facts
+
+
+def _params(build, config: str) -> int:
     with torch.device("meta"):  # counts need shapes only
-        return count_parameters(paper.build_model(paper.get_config(config)))
+        return count_parameters(build(config))
 
 
 def measure_paper() -> dict[str, float]:
@@ -63,7 +118,7 @@ def measure_paper() -> dict[str, float]:
     progress = tqdm(total=total, desc="paper-scale facts", unit="fact", dynamic_ncols=True)
     for name in TNET_CONFIGS:
         progress.set_postfix_str(f"tnet/{name} params")
-        facts[f"tnet/{name}/params"] = _params(TNET, name)
+        facts[f"tnet/{name}/params"] = _params(lambda n: build_tnet(tnet_config(n)), name)
         progress.update()
     progress.set_postfix_str("tnet Tables 1-2 multiplications")
     for row in table():
@@ -72,12 +127,12 @@ def measure_paper() -> dict[str, float]:
     progress.update()
     for name in SACCADER_CONFIGS:
         progress.set_postfix_str(f"saccader/{name} params")
-        facts[f"saccader/{name}/params"] = _params(SACCADER, name)
+        facts[f"saccader/{name}/params"] = _params(lambda n: build_saccader(saccader_config(n)), name)
         progress.update()
     torch.manual_seed(0)
     images = torch.rand(1, 3, 224, 224) * 2 - 1
     for name, counts in GLIMPSES.items():
-        model = SACCADER.build_model(SACCADER.get_config(name)).eval()
+        model = build_saccader(saccader_config(name)).eval()
         if name == "imagenet":  # sec. 3.1: 19 x 19 = 361 locations at 224 px
             facts[f"saccader/{name}/locations"] = model(images, 1)["logits_map"][0, 0].numel()
         for t in counts:
@@ -85,36 +140,37 @@ def measure_paper() -> dict[str, float]:
             glimpses = lambda x, m=model, t=t: m(x, t)  # noqa: E731
             facts[f"saccader/{name}/mults_T{t}"] = count_multiplications(glimpses, images)
             progress.update()
+    facts |= dram_step_facts(GLIMPSES["imagenet-dram"])
     progress.close()
     return facts
 
 
-def _config(paper: Paper, resolved: dict):
+def _config(cls, resolved: dict):
     """The dataclass config a stored run resolved to (fields the config has since dropped are ignored)."""
-    names = {f.name for f in dataclasses.fields(paper.config_cls)}
-    return config_from_dict(paper.config_cls, {k: v for k, v in resolved.items() if k in names})
+    names = {f.name for f in dataclasses.fields(cls)}
+    return config_from_dict(cls, {k: v for k, v in resolved.items() if k in names})
 
 
 def _saccader_mults(resolved: dict) -> int:
     """Saccader or DRAM predicting from its trained number of glimpses, as its test_accuracy is measured."""
-    cfg = _config(SACCADER, resolved)
-    model = SACCADER.build_model(cfg).eval()
+    cfg = _config(SaccaderConfig, resolved)
+    model = build_saccader(cfg).eval()
     images = torch.zeros(1, cfg.channels, cfg.image_size, cfg.image_size)
     return count_multiplications(lambda x: model(x, cfg.train_glimpses), images)
 
 
 def _wsram_mults(resolved: dict) -> int:
     """WS-RAM's prediction (the mean over num_samples glimpse sequences), as its accuracy is measured."""
-    cfg = _config(WSRAM, resolved)
-    model = WSRAM.build_model(cfg).eval()
+    cfg = _config(WSRAMConfig, resolved)
+    model = build_wsram(cfg).eval()
     images = torch.zeros(1, 1, cfg.canvas, cfg.canvas)
     return count_multiplications(lambda x: model.predict(x, cfg.num_samples), images)
 
 
 # Training scripts whose runs report an accuracy but no multiplications -> how to count them.
 CPU_COUNTERS: dict[str, Callable[[dict], int]] = {
-    SACCADER.train_script: _saccader_mults,
-    WSRAM.train_script: _wsram_mults,
+    "papers/saccader/train.py": _saccader_mults,
+    "papers/wsram/train.py": _wsram_mults,
 }
 
 

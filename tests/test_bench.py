@@ -32,12 +32,16 @@ def test_row_copy_fast_path_equals_gather_path(monkeypatch):
     inside = torch.stack([torch.randint(0, 20, (3, 4)), torch.randint(0, 28, (3, 4))], -1)
     overhang = inside - 5
     assert glimpse._rows_inside(images, inside, (10, 12)) is not None
-    assert glimpse._rows_inside(images, overhang, (10, 12)) is not None  # from a zero-padded copy
+    assert glimpse._rows_inside(images, overhang, (10, 12)) is not None  # overhang zeroed after the copy
     assert glimpse._rows_inside(images, overhang, (10, 12), "border") is None  # the gather clamps
-    assert glimpse._rows_inside(images, inside - 100, (10, 12)) is None  # padding would be huge
-    fast = [glimpse.extract_patches(images, tl, (10, 12)) for tl in (inside, overhang, inside - 100)]
+    # Wholly outside, and overhanging both ends of the flattened batch (runs re-read pixel by pixel).
+    corners = torch.tensor([[[-100, -100], [-3, -5], [25, 35], [0, 0]]]).expand(3, 4, 2)
+    far = [inside - 100, corners, torch.cat([overhang, inside + 5], 1)]
+    assert all(glimpse._rows_inside(images, tl, (10, 12)) is not None for tl in far)
+    cases = [inside, overhang, *far]
+    fast = [glimpse.extract_patches(images, tl, (10, 12)) for tl in cases]
     monkeypatch.setattr(glimpse, "_rows_inside", lambda *a: None)
-    for out, tl in zip(fast, (inside, overhang, inside - 100), strict=True):
+    for out, tl in zip(fast, cases, strict=True):
         assert torch.equal(out, glimpse.extract_patches(images, tl, (10, 12)))
 
 
@@ -66,7 +70,8 @@ def test_quick_bench_writes_every_target(tmp_path):
     assert len(ids) == len(set(ids))
     for kind in ("glimpse/retina_wsram/vs_loop", "glimpse/crops_tnet_imagenet/vs_gather",
                  "glimpse/patches_boed/vs_loop", "tnet/table1/cpu/1loc/latency",
-                 "tnet/table2/cpu/2loc/memory"):
+                 "tnet/table2/cpu/2loc/memory", "loader/tnet_train_224/per_core",
+                 "loader/saccader_train_224/per_core"):
         assert kind in ids
     for row in result["targets"]:
         assert math.isfinite(row["measured"]) and row["measured"] > 0, row
@@ -76,6 +81,7 @@ def test_quick_bench_writes_every_target(tmp_path):
         assert entry["images_per_s"] > 0
     assert set(result["training"]) == {"tnet/smoke", "saccader/smoke/policy", "wsram/smoke", "boed/smoke"}
     assert all(v == {"note": "no stored result"} for v in result["sessions"].values())
+    assert all(rate > 0 for rate in result["loader"]["images_per_cpu_s"].values())
 
 
 @pytest.mark.unit
@@ -87,3 +93,25 @@ def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path):
                           timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
+@pytest.mark.smoke
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("paper, name, batch, kw", bench.SMOKE_RUNS)
+def test_one_training_step_of_every_paper_on_cuda_matches_cpu(paper, name, batch, kw):
+    # Same weights and inputs on both devices; stochastic glimpses draw from different RNG streams, so the
+    # loss of sampling models is compared loosely and every gradient must stay on the GPU and be finite.
+    losses, grads = {}, {}
+    for device in ("cpu", "cuda"):
+        torch.manual_seed(0)
+        model, optimizer, step_fn, data, _, _ = bench.TRAINERS[paper](name, batch, torch.device("cpu"), **kw)
+        model.to(device)
+        data = tuple(t.to(device) for t in data)
+        torch.manual_seed(1)
+        loss, _ = step_fn(model, data, 1)
+        loss.backward()
+        losses[device] = loss.item()
+        grads[device] = [p.grad for p in model.parameters() if p.grad is not None]
+    assert all(g.is_cuda and torch.isfinite(g).all() for g in grads["cuda"])
+    assert len(grads["cuda"]) == len(grads["cpu"])
+    assert math.isfinite(losses["cuda"]) and losses["cuda"] == pytest.approx(losses["cpu"], rel=0.5, abs=1.0)

@@ -468,8 +468,16 @@ def test_cpu_and_gpu_agree():
         "retina odd": lambda x, d: retina(x, loc.to(d), 5, 3),
         "crop uniform": lambda x, d: crop_and_resize(x, uniform.to(d), 13),
         "crop mixed": lambda x, d: crop_and_resize(x, mixed.to(d), 13),
+        "crop border": lambda x, d: crop_and_resize(x, uniform.to(d), 13, padding="border"),
+        "crop mixed border": lambda x, d: crop_and_resize(x, mixed.to(d), 13, padding="border"),
         "patches": lambda x, d: extract_patches(x, top_left.to(d), 16),
+        "patches border": lambda x, d: extract_patches(x, top_left.to(d), 16, padding="border"),
+        "top left": lambda x, d: glimpse_top_left(loc.to(d), 7, (40, 52)),
         "mask": lambda x, d: observation_mask(x, top_left.to(d), 16),
+        "lattice": lambda x, d: lattice_top_left(device=d),
+        "child boxes": lambda x, d: child_boxes(uniform.to(d).double(), 3, 0.5),
+        "child coords": lambda x, d: child_coords(torch.zeros(4, 2, 2, device=d), torch.tensor(
+            [[[1], [7]]] * 4, device=d), 3),
         "coverage": lambda x, d: coverage(mixed.to(d), (40, 52)),
         "pyramid": lambda x, d: pyramid_boxes(224, [torch.tensor([[3, 7]], device=d)], 5, 0.34375)[1],
     }

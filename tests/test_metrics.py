@@ -2,6 +2,7 @@
 (params + BN moving statistics), top-k accuracy, gradient variance, iterations-to-within, and the
 latency / peak-memory probes."""
 
+import functools
 import math
 
 import pytest
@@ -11,6 +12,7 @@ from torch import nn
 from core.errors import UserError
 from core.metrics import (
     GradientVariance,
+    _device_of,
     accuracy,
     correct,
     count_multiplications,
@@ -152,3 +154,18 @@ def test_peak_memory_is_nonnegative_int_and_sees_allocations():
     big = peak_memory(lambda: torch.ones(mib // 4))  # a 1 MiB float32 tensor
     assert isinstance(small, int) and isinstance(big, int) and small >= 0
     assert big >= mib
+
+
+@pytest.mark.unit
+def test_peak_memory_finds_the_device_of_a_partials_bound_inputs():
+    # The bench measures partial(model, x): its device is x's, not the default CPU (issue #18: CUDA read 0).
+    x = torch.empty(2, device="meta")
+    assert _device_of(functools.partial(torch.add, x), ()).type == "meta"
+    assert _device_of(functools.partial(functools.partial(torch.add), other=x), ()).type == "meta"
+
+
+@pytest.mark.unit
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_peak_memory_on_cuda_sees_the_allocations_of_a_partial():
+    x = torch.ones(2**18, device="cuda")
+    assert peak_memory(functools.partial(torch.mul, x, 2.0)) >= 2**20

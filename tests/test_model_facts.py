@@ -68,3 +68,19 @@ def test_stored_facts_cover_every_linked_paper_value():
 @pytest.mark.slow
 def test_measured_facts_equal_the_stored_ones():
     assert model_facts.main([]) == 0
+
+
+@pytest.mark.unit
+def test_dram_table1_rows_are_t_plus_one_standard_resnet50_steps():
+    """TNet's Table 1 DRAM rows (1.86 / 3.10 / 5.58 / 13.03 G) are (T + 1) x one step of a standard
+    ResNet-50 on the 15-channel 77 px glimpse plus DRAM's classifier; ours, the official slim network with
+    the LSTMs, costs 565.83 M per step, every step the sum of its modules."""
+    assert round(model_facts.count_multiplications(
+        model_facts.he_resnet50(3), model_facts.torch.zeros(1, 3, 224, 224)) / 1e9, 2) == 4.09  # ResNet-50
+    counts = (2, 4, 8, 20)
+    facts = model_facts.dram_step_facts(counts)
+    facts = {k.removeprefix("saccader/imagenet-dram/"): v for k, v in facts.items()}
+    table1 = [round(facts[f"mults_T{t}_paper_convention"] / 1e9, 2) for t in counts]
+    assert table1 == [1.86, 3.10, 5.58, 13.03]
+    parts = [v for k, v in facts.items() if k.startswith("step_mults_") and "convention" not in k]
+    assert facts["step_mults"] == sum(parts) == 565_831_616

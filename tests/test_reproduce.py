@@ -318,3 +318,53 @@ def test_every_spec_has_a_described_smoke_scale():
         assert smoke.description != cpu.description, f"{path.name}: [scales.smoke] needs its own description"
         section = tomllib.loads(path.read_text())["scales"]["smoke"]
         assert "claims" in section, f"{path.name}: [scales.smoke] needs its claims list (empty: none)"
+
+
+HEALTH = """
+[[health]]
+runs = {runs}
+metric = "{metric}"
+op = ">="
+value = {value}
+text = "still at chance"
+"""
+
+
+@pytest.mark.unit
+def test_a_flagged_run_fails_the_claims_resting_on_it(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    base = spec.read_text()
+    # high writes acc 0.8 (seed 0) and 0.81 (seed 1): only seed 0 breaks acc >= 0.805.
+    spec.write_text(base + HEALTH.format(runs='["hi*"]', metric="acc", value=0.805))
+    assert load_spec(spec, "cpu").health[0].runs == ("hi*",)
+    assert _run(spec, tmp_path, "--update") == 0  # the flag is stored, not hidden
+    stored = load_result(tmp_path / "results" / "fake" / "cpu.json")
+    assert stored["health"] == [{"run": "high", "seed": 0, "metric": "acc", "value": 0.8, "op": ">=",
+                                 "threshold": 0.805, "text": "still at chance"}]
+    flagged = {c["id"]: c for c in stored["claims"]}
+    line = "high seed 0: acc 0.8, needs >= 0.805 (still at chance)"
+    assert flagged["high_beats_low"]["holds"] is False and flagged["high_beats_low"]["flags"] == [line]
+    assert flagged["low_beats_chance"]["holds"] is True and "flags" not in flagged["low_beats_chance"]
+    capsys.readouterr()
+    assert _run(spec, tmp_path) == 1  # as stored, yet a claim on a flagged run never passes
+    out = capsys.readouterr().out
+    assert f"FAIL: claim high_beats_low rests on a flagged run ({line})" in out and "flagged run" in out
+
+    spec.write_text(base + HEALTH.format(runs='["hi*"]', metric="acc", value=0.7))  # healthy
+    assert _run(spec, tmp_path, "--update") == 0
+    assert load_result(tmp_path / "results" / "fake" / "cpu.json")["health"] == []
+    assert _run(spec, tmp_path) == 0
+
+
+@pytest.mark.unit
+def test_a_flagged_run_blocks_required_claims_and_skips_smoke(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    spec.write_text(spec.read_text() + HEALTH.format(runs='["low"]', metric="spread", value=0.1) +
+                    SMOKE.format(claims='["high_beats_low"]', high=0.8))
+    assert _run(spec, tmp_path, "--update") == 1
+    out = capsys.readouterr().out
+    assert ("required claim low_beats_chance does not hold (flagged: low seed 0: spread not written, "
+            "needs >= 0.1 (still at chance); low seed 1: spread not written") in out
+    assert not (tmp_path / "results" / "fake").exists()
+    assert load_spec(spec, "smoke").health == []  # a few updates learn nothing: no rule applies by default
+    assert _run(spec, tmp_path, scale="smoke") == 0

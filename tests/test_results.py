@@ -2,11 +2,13 @@
 
 import json
 import math
+import sys
 
 import pytest
 
 from core.errors import UserError
 from core.results import (
+    REPO_ROOT,
     Tolerance,
     aggregate,
     compare,
@@ -16,6 +18,7 @@ from core.results import (
     format_table,
     load_paper_values,
     load_result,
+    portable_command,
     provenance,
     save_result,
     tolerance_for,
@@ -54,6 +57,12 @@ def test_provenance_records_code_command_packages_and_machine():
     assert p["packages"]["torch"] and p["machine"]["cpu_count"] >= 1 and "platform" in p["machine"]
     assert "git_commit" in p and "git_dirty" in p and "gpu" in p["machine"]
     json.dumps(p)  # storable
+
+
+@pytest.mark.unit
+def test_provenance_command_names_no_machine_path():
+    command = [sys.executable, str(REPO_ROOT / "core" / "reproduce.py"), "reproductions/tnet.toml", "/data/x"]
+    assert portable_command(command) == "python core/reproduce.py reproductions/tnet.toml /data/x"
 
 
 @pytest.mark.unit

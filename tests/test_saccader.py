@@ -17,10 +17,16 @@ from papers.saccader import figures
 from papers.saccader.config import get_config
 from papers.saccader.data import DigitPairs
 from papers.saccader.dram import DRAM, TFLSTMCell
-from papers.saccader.evaluate import evaluate_run, occlude, parts_seen
+from papers.saccader.evaluate import evaluate_run, interpolate, occlude, occlusion_standard_errors, parts_seen
 from papers.saccader.model import Saccader, SaccaderCell, build_model, patch_classifier
 from papers.saccader.policies import POLICIES, select_locations
-from papers.saccader.train import main, make_step_fn, max_logit_order
+from papers.saccader.train import (
+    check_dram_pretraining,
+    main,
+    make_optimizer,
+    make_step_fn,
+    max_logit_order,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -147,6 +153,58 @@ def test_policy_stage_reinforce_reaches_the_location_network():
     loss.backward()
     assert 0 < stats["reward"] < 1
     assert model.cell.a.grad is not None and model.cell.a.grad.abs().sum() > 0
+
+
+@pytest.mark.unit
+def test_official_loss_scales_and_the_paper_text_switches():
+    """Eq. 5 and eq. 6's REINFORCE term average over glimpses (and samples) as the official losses do; the
+    paper-text switches sum them: T x eq. 5, S x T x the REINFORCE term, the cross-entropy unchanged."""
+    cfg = dataclasses.replace(get_config("smoke"), pretrain_glimpses=3, train_glimpses=2, mc_samples=2)
+    model = Saccader(num_classes=2, width=0.0625, in_channels=1).train()
+    images, targets = torch.randn(8, 1, 112, 112), torch.randint(0, 2, (8,))
+    losses = {}
+    for form in ("mean", "sum"):
+        variant = dataclasses.replace(cfg, location_loss=form, policy_gradient=form)
+        losses[form, "location"] = make_step_fn(variant, "location")(model, (images, targets), 1)[0]
+        torch.manual_seed(0)
+        loss, stats = make_step_fn(variant, "policy")(model, (images, targets), 1)
+        losses[form, "policy"] = loss - stats["cross_entropy"]
+    assert torch.allclose(losses["sum", "location"], 3 * losses["mean", "location"])
+    assert torch.allclose(losses["sum", "policy"], 2 * 2 * losses["mean", "policy"], atol=1e-6)
+
+
+@pytest.mark.unit
+def test_normalized_l2_divides_by_the_regularised_values_and_includes_the_cell_vector():
+    cfg = get_config("smoke")
+    model = Saccader(num_classes=2, width=0.0625, in_channels=1)
+    groups = make_optimizer(cfg, model, "policy").param_groups
+    location = next(g for g in groups if any(p is model.cell.a for p in g["params"]))
+    count = sum(p.numel() for p in location["params"])
+    assert location["weight_decay"] == pytest.approx(2 * cfg.l2_location / count)
+    assert not any(p is model.mix.bias for p in location["params"])
+    groups = make_optimizer(dataclasses.replace(cfg, l2_form="sum"), model, "policy").param_groups
+    assert next(g for g in groups if any(p is model.cell.a for p in g["params"]))["weight_decay"] == 0.0
+
+
+@pytest.mark.unit
+def test_dram_policy_stage_refuses_a_classifier_near_chance():
+    cfg = get_config("cpu-dram")  # 10 classes: the floor is 0.2
+    check_dram_pretraining(cfg, {"pretrain_wide_accuracy": 0.1, "pretrain_narrow_accuracy": 0.25})
+    with pytest.raises(UserError, match="pretrain_narrow.*0.150 < 2 x chance"):
+        check_dram_pretraining(cfg, {"pretrain_narrow_accuracy": 0.15})
+    unchecked = dataclasses.replace(cfg, dram_min_pretrain_accuracy=0)
+    check_dram_pretraining(unchecked, {"pretrain_narrow_accuracy": 0.1})
+
+
+@pytest.mark.unit
+def test_occlusion_comparator_is_interpolated_at_equal_area():
+    xs = torch.tensor([[0.0, 0.2, 0.4], [0.0, 0.3, 0.3]])
+    ys = torch.tensor([[1.0, 0.5, 0.0], [1.0, 0.0, 0.0]])
+    assert torch.allclose(interpolate(torch.tensor([0.3, 0.15]), xs, ys), torch.tensor([0.25, 0.5]))
+    assert torch.allclose(interpolate(torch.tensor([0.9, 0.0]), xs, ys), torch.tensor([0.0, 1.0]))
+    se = occlusion_standard_errors({"occlusion_gap_x": 0.5, "occlusion_gap_sq_x": 0.5}, 5)
+    assert set(se) == {"occlusion_gap_x", "occlusion_gap_se_x"}
+    assert se["occlusion_gap_se_x"] == pytest.approx((0.25 * 5 / 4 / 5) ** 0.5)
 
 
 def test_no_attention_network_ablation():

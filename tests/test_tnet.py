@@ -352,6 +352,24 @@ def test_cpu_baselines_are_the_same_extractor_with_the_same_budget():
     assert feats["stage3"].shape[-2:] == (3, 3)  # the 3x3 grid at the 32 px base resolution, taken whole
 
 
+@pytest.mark.unit
+def test_feature_spread_is_zero_when_features_ignore_the_image():
+    """The collapse check of the spec's [[health]] rules: a spread at initialisation, 0 for constant
+    features."""
+    from papers.tnet.evaluate import feature_spread
+
+    torch.manual_seed(0)
+    images = torch.rand(32, 1, 64, 64) * 2 - 1
+    for name in ("cpu", "cpu-bagnet", "cpu-bagnet-base"):
+        cfg = get_config(name)
+        model = build_model(cfg)
+        assert feature_spread(model, cfg, images) > 0.0005, name
+        with torch.no_grad():
+            for p in model.extractor.parameters():
+                p.zero_()
+        assert feature_spread(model, cfg, images) == 0, name
+
+
 def test_inception_augmentation_shapes_and_range():
     from papers.tnet.train import InceptionAugment
 
@@ -375,6 +393,8 @@ def test_smoke_training_run_writes_metrics(tmp_path, capsys):
     assert metrics["coverage_level2_locs3"] > metrics["coverage_level2_locs1"] > 0
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert log[-1]["step"] == 4 and "loss" in log[-1]
+    assert metrics["train_accuracy_end"] == log[-1]["train_accuracy"]  # the last 10% of 4 updates: step 4
+    assert metrics["feature_spread"] > 0
     assert json.loads((out / "config.json").read_text())["name"] == "smoke"
 
 

@@ -17,12 +17,13 @@ from typing import Literal
 import pytest
 import torch
 import torch.nn.functional as F
+from accelerate.state import AcceleratorState
 from safetensors.torch import load_file
 from torch.utils.data import TensorDataset
 
 from core.cli import main_guard, parse_args, parse_value
 from core.errors import UserError
-from core.train import LoopConfig, StepSampler, checkpoint_steps, train
+from core.train import LoopConfig, StepSampler, checkpoint_steps, loader_options, train
 
 ROOT = Path(__file__).resolve().parent.parent
 TOY = ROOT / "tests" / "fixtures" / "toy_paper" / "train.py"
@@ -104,6 +105,50 @@ def test_nan_loss_stops_with_user_error_and_keeps_last_good_checkpoint(tmp_path)
 
 
 @pytest.mark.unit
+@pytest.mark.parametrize("launcher, configured, used", [("bf16", None, "bf16"), (None, None, "no"),
+                                                         ("bf16", "no", "no")])
+def test_precision_defers_to_the_launcher_and_is_recorded(tmp_path, monkeypatch, launcher, configured, used):
+    # `accelerate launch --mixed_precision bf16` reaches the process as this variable; an explicit value wins.
+    if launcher is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    else:
+        monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launcher)
+    AcceleratorState._reset_state(True)  # a launched process starts without one; keep no test's precision
+    model, optimizer, data = _setup()
+    loop = LoopConfig(max_steps=2, batch_size=8, mixed_precision=configured, output_dir=str(tmp_path),
+                      cpu=True, channels_last=True)
+    seen = []  # accelerate autocasts inside the prepared model's forward
+    model[0].register_forward_pre_hook(lambda *_: seen.append(
+        torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+    train(loop, model, optimizer, data, _step)
+    assert seen[-1] == (torch.bfloat16 if used == "bf16" else None)  # the precision takes effect
+    assert json.loads((tmp_path / "run.json").read_text()) == {
+        "mixed_precision": used, "device": "cpu", "num_processes": 1,
+        "memory_format": "contiguous", "compile": "none"}  # channels_last applies on CUDA only
+    AcceleratorState._reset_state(True)
+
+
+@pytest.mark.unit
+def test_loader_workers_default_from_cores_persist_and_train_like_none(tmp_path, monkeypatch):
+    class Accel:
+        num_processes, device = 2, torch.device("cpu")
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    auto = loader_options(LoopConfig(max_steps=1, batch_size=1, num_workers=None), Accel())
+    assert auto == {"num_workers": 7, "pin_memory": False, "persistent_workers": True, "prefetch_factor": 4}
+    assert loader_options(LoopConfig(max_steps=1, batch_size=1), Accel()) == {"num_workers": 0,
+                                                                              "pin_memory": False}
+    # One persistent worker through accelerate's prepared eval loader, evaluated twice: same result as none.
+    results = []
+    for workers in (0, 1):
+        model, optimizer, data = _setup()
+        loop = LoopConfig(max_steps=2, batch_size=8, eval_every=1, num_workers=workers,
+                          output_dir=str(tmp_path / str(workers)), cpu=True)
+        results.append(train(loop, model, optimizer, data, _step, data, _eval))
+    assert results[0] == results[1]
+
+
+@pytest.mark.unit
 def test_step_sampler_is_a_function_of_seed_and_step_and_shards_global_batches():
     def first(sampler, k):
         it = iter(sampler)
@@ -180,10 +225,22 @@ def two_process_run(tmp_path_factory):
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), str(TOY), "--config", "tiny", "--output-dir", str(out),
            "--set", "steps=20"]
-    proc = subprocess.run(cmd, cwd=ROOT, env={**ENV, "ACCELERATE_USE_CPU": "true"}, capture_output=True,
-                          text=True, timeout=300)
+    env = {**ENV, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}  # 2 CPU processes on any machine
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     return out
+
+
+@pytest.mark.smoke
+def test_accelerate_launch_mixed_precision_is_used_and_recorded(tmp_path):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "1",
+           "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "no", str(TOY),
+           "--config", "tiny", "--output-dir", str(tmp_path), "--set", "steps=2"]
+    proc = subprocess.run(cmd, cwd=ROOT, env={**ENV, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["mixed_precision"] == "bf16" and run["device"] == "cpu" and run["num_processes"] == 1
 
 
 @pytest.mark.smoke
@@ -193,6 +250,9 @@ def test_two_processes_end_with_identical_parameters(two_process_run):
     assert r0.keys() == r1.keys() and all(torch.equal(r0[k], r1[k]) for k in r0)
     assert (two_process_run / "checkpoints" / "step_20" / "random_states_1.pkl").exists()
     assert [r["step"] for r in _records(two_process_run / "metrics.jsonl")] == list(range(1, 21))
+    run = json.loads((two_process_run / "run.json").read_text())
+    assert run == {"mixed_precision": "no", "device": "cpu", "num_processes": 2,
+                   "memory_format": "contiguous", "compile": "none"}
 
 
 @pytest.mark.smoke

@@ -129,9 +129,9 @@ def _elementwise_grads(t, params):
                                      for b in range(B)]) for m in range(M)])
 
 
-@pytest.mark.parametrize("name", [*VARIANTS, "wsram_c_tempered"])
+@pytest.mark.parametrize("name", [*VARIANTS, "var_c_tempered", "wsram_qc_tempered"])
 def test_surrogate_gradient_matches_the_papers_equation(name):
-    fields = VARIANTS.get(name, dict(estimator="wsram", control_variates=True))
+    fields = VARIANTS[name.removesuffix("_tempered")]
     cfg = tiny(**fields, explore_temperature=name.endswith("tempered"), temperature=2.0)
     torch.manual_seed(0)
     model = build_model(cfg).double()
@@ -145,8 +145,12 @@ def test_surrogate_gradient_matches_the_papers_equation(name):
     M, B = log_py.shape
     if cfg.estimator == "var":  # eq. 5 (+c: leave-one-out mean of log p(y | a) as the baseline)
         reward = log_py - (log_py.sum(0) - log_py) / (M - 1) if cfg.control_variates else log_py
-        ascent = (G_py + reward[..., None] * G_pa).mean((0, 1))
-    else:  # eq. 8 (+c: eq. 16), weights from eq. 7 with the proposal actually sampled from
+        # tempered samples: each term importance-corrected by p(a) / proposal(a)
+        ratio = (log_pa - log_prop).exp()[..., None] if cfg.explore_temperature else 1.0
+        ascent = (ratio * (G_py + reward[..., None] * G_pa)).mean((0, 1))
+    else:  # eq. 8 (+c: eq. 16), weights from eq. 7 with the proposal actually sampled from, at T = 1
+        if not cfg.use_q:
+            assert torch.equal(log_prop, log_pa)
         w = torch.softmax(log_py + log_pa - log_prop, 0)
         coef = w - (log_pa - log_prop).exp() / M if cfg.control_variates else w
         ascent = (w[..., None] * G_py + coef[..., None] * G_pa).sum(0).mean(0)
@@ -161,12 +165,15 @@ def test_surrogate_gradient_matches_the_papers_equation(name):
     assert torch.allclose(got, ascent, rtol=1e-6, atol=1e-9)
 
 
-def test_random_baseline_trains_only_the_classifier_path():
-    cfg = tiny(policy="random")
+@pytest.mark.parametrize("estimator", ["var", "wsram"])
+def test_random_baseline_trains_only_the_classifier_path_with_the_compared_objective(estimator):
+    cfg = tiny(policy="random", estimator=estimator)
     model = build_model(cfg)
     x, y = batch(cfg)
     out = train.rollout(cfg, model, x, y)
-    assert torch.allclose(train.surrogate_loss(cfg, out), -out["log_py"].mean())
+    log_py = out["log_py"]
+    weights = 1 / len(log_py) if estimator == "var" else torch.softmax(log_py.detach(), 0)  # eq. 5 / eq. 8
+    assert torch.allclose(train.surrogate_loss(cfg, out), -(weights * log_py).sum(0).mean())
     assert torch.equal(train.exploration_loss(cfg, out), torch.zeros(()))
 
 
@@ -193,7 +200,7 @@ def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("wsram") / "run"
     torch.set_num_threads(1)
     final = train.main(["--config", "smoke", "--output-dir", str(out), "--set", "use_q=true",
-                        "--set", "control_variates=true"])
+                        "--set", "control_variates=true", "--set", "shared_variance=true"])
     return out, final
 
 
@@ -201,14 +208,16 @@ def smoke_run(tmp_path_factory):
 def test_smoke_training_writes_metrics(smoke_run):
     out, final = smoke_run
     assert json.loads((out / "final_metrics.json").read_text()) == final
-    for key in ("test_error", "train_error", "train_error_auc", "grad_variance", "ess", "accuracy"):
+    shared = [f"gvar_{part}_{v}" for part in ("policy", "total") for v in train.SHARED_VARIANTS]
+    for key in ("test_error", "train_error", "train_error_auc", "ess", "ess_at_error_50", "accuracy",
+                "ess_shared_prior", "ess_shared_q", *shared):
         assert key in final
     cfg = get_config("smoke")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "train_error" in r]
     assert [r["step"] for r in logged] == list(range(cfg.log_every, cfg.max_steps + 1, cfg.log_every))
     for r in logged:
-        assert 0 <= r["train_error"] <= 1 and r["grad_variance"] > 0
+        assert 0 <= r["train_error"] <= 1 and all(r[k] > 0 for k in shared)
         assert 1 <= r["ess"] <= cfg.num_samples + 1e-6
     assert 0 <= final["test_error"] <= 1 and final["accuracy"] == pytest.approx(1 - final["test_error"])
 
@@ -246,7 +255,7 @@ def test_figures_from_logs(smoke_run, tmp_path):
 @pytest.mark.smoke
 def test_random_baseline_smoke_run(tmp_path):
     final = train.main(["--config", "smoke", "--output-dir", str(tmp_path), "--set", "policy=random"])
-    assert "grad_variance" not in final and 0 <= final["test_error"] <= 1
+    assert not any(k.startswith("gvar_") for k in final) and 0 <= final["test_error"] <= 1
 
 
 @pytest.mark.smoke
@@ -260,7 +269,8 @@ def test_cli_errors_are_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_accelerate_launch_two_processes(tmp_path):
-    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    # Two CPU processes also on a one-GPU machine (--multi_gpu would ask for two GPUs there).
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
     cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", "papers/wsram/train.py",
            "--config", "smoke", "--output-dir", str(tmp_path), "--set", "use_q=true"]

@@ -133,6 +133,17 @@ class SaccaderConfig:
     """DRAM pretraining on 77 x 77 fields of view: 0.001 (Table Supp.4 **)."""
     l2: float = 8e-5
     """lambda of eqs. 4, 6, 7, L2 on the classification weights (Tables Supp.2, 4, 5)."""
+    l2_form: Literal["normalized", "sum"] = "normalized"
+    """Form of every L2 term. "normalized" (official `losses.normalized_l2_loss`): lambda x sum of squares /
+    number of regularised values, over every weight but biases and BN, the cell's vector `a` included;
+    "sum": the papers' lambda/2 sum of squares over kernels only (plain SGD weight decay lambda)."""
+    location_loss: Literal["mean", "sum"] = "mean"
+    """Eq. 5 over the T glimpses: "mean" (official `losses.saccader_pretraining_loss`: one cross-entropy
+    averaged over glimpses and images) or "sum" (the paper's -log prod_t, i.e. T x the mean)."""
+    policy_gradient: Literal["mean", "sum"] = "mean"
+    """Eq. 6's REINFORCE term: "mean" (official `losses.reinforce_loss_discrete`: averaged over the S
+    samples, T glimpses and the batch, reinforce_loss_wt = xent_loss_wt = 1 in `saccader_config.py`) or
+    "sum" (the paper's text: summed over S and T, S x T times the mean, against the same cross-entropy)."""
     l2_location: float = 8e-5
     """nu of eq. 6, L2 on the location weights (Table Supp.5 **); eq. 5 uses nu = 0 (Table Supp.5 *);
     DRAM nu = 0 (Table Supp.4, App. C: "no regularization for the location weights")."""
@@ -146,6 +157,13 @@ class SaccaderConfig:
     """Side of DRAM's first, wide-receptive-field pretraining glimpse at 224 px (App. C: 200 x 200)."""
     dram_pretrain_glimpses: int = 2
     """DRAM pretraining unrolls 2 time steps of a uniform random policy (App. C)."""
+    dram_pretraining_schedule: Literal["per_stage", "one"] = "per_stage"
+    """DRAM's two pretraining stages each with their own warm-up + cosine schedule (App. C: 120 epochs
+    each), or "one" schedule over both (the narrow stage continues the wide stage's decay instead of
+    restarting it): the CPU scale's stages are too short to restart."""
+    dram_min_pretrain_accuracy: float = 2.0
+    """DRAM's policy stage refuses to start from a classifier whose last pretraining test accuracy is below
+    this multiple of chance (1 / num_classes): its rewards would carry no location signal (0: no check)."""
     dram_reinforce_weight: float = 0.1
     """Weight of REINFORCE in DRAM's hybrid loss (App. C; official dram_config reinforce_loss_wt)."""
 
@@ -220,19 +238,23 @@ CONFIGS: dict[str, dict] = {
                 # eq. 6 at the paper's 0.01 (batch 1024) collapses the location-pretrained Saccader at
                 # batch 32 (reward 0.28 -> 0.09 within 20 updates; 1e-3: test accuracy 0.36 -> 0.26);
                 # the linear scaling rule, 0.01 x 32 / 1024 ~ 3e-4, keeps it (0.37, seed 0).
-                lr_representation=0.1, lr_location=0.05, lr_policy=3e-4, lr_classifier=0.1,
+                # eq. 5 averages over its 6 glimpses (official): 0.3 = the 0.05 tuned for the summed loss
+                # (same updates exactly: SGD without weight decay, nu = 0).
+                lr_representation=0.1, lr_location=0.3, lr_policy=3e-4, lr_classifier=0.1,
                 pretrain_glimpses=6),
-    # DRAM's pretraining stays at chance for its first ~60 updates at any rate tried (0.03-0.3, like the
-    # whole-image classifier), and a wide (143 px = 200/224 x 160) update costs ~1.7 CPU-s against ~0.56
-    # for a 77 px one: most pretraining updates go to the 77 px stage, at the wide stage's rate (the
-    # paper's 0.001 fine-tunes a wide stage that converged, ours is far shorter).
-    "cpu-dram": dict(_CPU_TASK, model="dram", stages=STAGES["dram"], l2_location=0.0,
-                     steps_dram_wide=40, steps_dram_narrow=200, steps_policy=200, lr_dram_wide=0.1,
-                     lr_dram_narrow=0.1, lr_policy=0.01, dram_pretrain_glimpse=143),
+    # DRAM (issue #16): the glimpse network at width 1/8 (1/16 has 4-channel bottlenecks) and one warm-up +
+    # cosine schedule over both pretraining stages at one rate (restarting a cosine per stage decayed each
+    # short stage to 0 before the network left chance). A wide (143 px = 200/224 x 160) update costs ~2.5x
+    # a 77 px one, so the wide stage is the shorter; the policy stage refuses a classifier < 2 x chance.
+    "cpu-dram": dict(_CPU_TASK, model="dram", stages=STAGES["dram"], l2_location=0.0, width=0.125,
+                     steps_dram_wide=30, steps_dram_narrow=90, steps_policy=100, lr_dram_wide=0.1,
+                     lr_dram_narrow=0.1, lr_policy=0.01, dram_pretrain_glimpse=143,
+                     dram_pretraining_schedule="one"),
     "smoke": dict(_SMOKE_TASK, variants=("saccader", "no_location_pretraining"), occlusion_classifier=True,
                   patch_classifier="resnet_v2_50", steps_patch_classifier=1, lr_representation=0.05,
                   lr_location=0.05),
-    "smoke-dram": dict(_SMOKE_TASK, model="dram", stages=STAGES["dram"], l2_location=0.0),
+    "smoke-dram": dict(_SMOKE_TASK, model="dram", stages=STAGES["dram"], l2_location=0.0,
+                       dram_pretraining_schedule="one", dram_min_pretrain_accuracy=0.0),
 }
 
 

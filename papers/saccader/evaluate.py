@@ -13,6 +13,12 @@ Metrics (per example, averaged over the test set), for a policy P and k glimpses
   occluded_accuracy_P_Tk   a whole-image classifier is right on the image with those fields set to 0
                            (sec. 4.2, Fig. 5b; --occlusion-value sets another value);
   parts_seen_P_Tk          fraction of the two key digits lying whole inside some field (CPU task only).
+For a learned policy L with a whole-image classifier, Fig. 5b on its axis (accuracy vs area occluded):
+  occluded_accuracy_random_at_area_L_Tk  per image, the classifier's accuracy with 1, 2, ... random
+                           fields occluded, interpolated linearly in the area occluded at the area L's
+                           k fields occlude;
+  occlusion_gap_L_Tk       that minus occluded_accuracy_L_Tk (> 0: occluding L's fields hurts more);
+  occlusion_gap_se_L_Tk    its standard error over the test images (train.py, from occlusion_gap_sq_L_Tk).
 """
 
 from __future__ import annotations
@@ -71,6 +77,40 @@ def glimpse_metrics(name: str, boxes: Tensor, predictions: Tensor, targets: Tens
     return out
 
 
+def interpolate(x: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+    """Per row, the piecewise-linear y at x (B,) through the points (xs, ys) (B, K), xs non-decreasing;
+    x outside [xs[:, 0], xs[:, -1]] takes the end value."""
+    out = torch.where(x <= xs[:, 0], ys[:, 0], ys[:, -1])
+    for j in range(1, xs.shape[1]):
+        lo, hi = xs[:, j - 1], xs[:, j]
+        weight = (x - lo) / (hi - lo).clamp_min(1e-12)
+        out = torch.where((x > lo) & (x <= hi), ys[:, j - 1] + weight * (ys[:, j] - ys[:, j - 1]), out)
+    return out
+
+
+def occlusion_at_equal_area(name: str, boxes: Tensor, random_boxes: Tensor, targets: Tensor, images: Tensor,
+                            counts: list[int], classifier: nn.Module, occlusion_value: float = 0.0
+                            ) -> dict[str, Tensor]:
+    """Fig. 5b's comparison at equal area occluded (Supp. 2: "accuracy vs. area covered/occluded"): the
+    random comparator (boxes (B, K, 4), nested in k) interpolated per image at the area policy `name`'s
+    first k boxes occlude."""
+    def occluded(b: Tensor) -> Tensor:
+        return (classifier(occlude(images, b, occlusion_value)).argmax(1) == targets).float()
+
+    K = random_boxes.shape[1]
+    areas = torch.stack([images.new_zeros(len(images))] + [coverage(random_boxes[:, :k], images.shape[-2:])
+                                                           for k in range(1, K + 1)], 1).float()
+    accuracies = torch.stack([occluded(random_boxes[:, :k]) for k in range(K + 1)], 1)
+    out = {}
+    for k in counts:
+        own = occluded(boxes[:, :k])
+        random = interpolate(coverage(boxes[:, :k], images.shape[-2:]).float(), areas, accuracies)
+        out[f"occluded_accuracy_random_at_area_{name}_T{k}"] = random
+        out[f"occlusion_gap_{name}_T{k}"] = random - own
+        out[f"occlusion_gap_sq_{name}_T{k}"] = (random - own).square()
+    return out
+
+
 def saccader_glimpses(model: Saccader, policy: str, images: Tensor, num_glimpses: int,
                       logits_map: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """(field boxes (B, T, 4), predictions (B, T) after 1..T glimpses) of a policy on a Saccader."""
@@ -115,9 +155,26 @@ def make_eval_fn(cfg: SaccaderConfig, names: list[str], classifier: nn.Module | 
             boxes, predictions = saccader_glimpses(model, policy or alias, images, max(counts), logits_map)
             out |= glimpse_metrics(alias, boxes, predictions, targets, images, counts, classifier, parts,
                                    occlusion_value)
+            if classifier is not None and (policy or alias) == "learned":
+                # random fields up to one more than the largest count, to bracket the learned policy's area
+                random_boxes, _ = saccader_glimpses(model, "random", images, max(counts) + 1, logits_map)
+                out |= occlusion_at_equal_area(alias, boxes, random_boxes, targets, images, counts,
+                                               classifier, occlusion_value)
         return out
 
     return eval_fn
+
+
+def occlusion_standard_errors(metrics: dict[str, float], n: int) -> dict[str, float]:
+    """Replace each mean occlusion_gap_sq_X over n images by occlusion_gap_se_X, the standard error of the
+    mean occlusion_gap_X."""
+    out = {k: v for k, v in metrics.items() if not k.startswith("occlusion_gap_sq_")}
+    for key, mean_sq in metrics.items():
+        if key.startswith("occlusion_gap_sq_"):
+            name = key.removeprefix("occlusion_gap_sq_")
+            variance = max(mean_sq - metrics[f"occlusion_gap_{name}"] ** 2, 0.0) * n / max(n - 1, 1)
+            out[f"occlusion_gap_se_{name}"] = (variance / n) ** 0.5
+    return out
 
 
 def classifier_eval_fn(model, batch) -> dict[str, Tensor]:
@@ -177,7 +234,7 @@ def evaluate_run(run_dir: str, num_images: int = 8, occlusion_value: float = 0.0
                     boxes, _ = saccader_glimpses(model, "learned" if name in LEARNED_NAME.values() else name,
                                                  images, max(cfg.eval_glimpses))
                 glimpses["boxes"][name] = boxes
-    metrics = {k: v / n for k, v in sums.items()}
+    metrics = occlusion_standard_errors({k: v / n for k, v in sums.items()}, n)
     if classifier is not None:
         metrics["occlusion_value"] = occlusion_value
     save_result(run / "evaluation.json", metrics)

@@ -99,12 +99,12 @@ def figure5(result: dict, out: Path) -> Path:
         _, cov, _ = curve(metrics, run, "coverage", policy)
         if acc and len(acc) == len(cov):
             ax_a.plot([100 * c for c in cov], [100 * a for a in acc], label=label, color=color, marker=marker)
-        x, occ, err = curve(metrics, run, "occluded_accuracy", policy)
-        if x:
-            ax_b.errorbar(x, [100 * v for v in occ], [100 * e for e in err], label=label, color=color,
-                          marker=marker, capsize=2)
+        _, occ, err = curve(metrics, run, "occluded_accuracy", policy)
+        if occ and len(occ) == len(cov):  # paper's axis: accuracy vs area occluded
+            ax_b.errorbar([100 * c for c in cov], [100 * v for v in occ], [100 * e for e in err], label=label,
+                          color=color, marker=marker, capsize=2)
     ax_a.set(xlabel="image area covered (%)", ylabel="top-1 accuracy (%)", title="(a) accuracy vs area")
-    ax_b.set(xlabel="number of occluded glimpses", ylabel="whole-image classifier accuracy (%)",
+    ax_b.set(xlabel="image area occluded (%)", ylabel="whole-image classifier accuracy (%)",
              title="(b) glimpses occluded")
     _legend_right(ax_a, ax_b)
     fig.suptitle(f"Saccader, {result.get('scale', '')} scale (paper Fig. 5)")

@@ -10,14 +10,17 @@ Saccader (cfg.model = "saccader"), each step in its own <output-dir>/<folder>/ (
                     engineered policies (random, ordered logits, Sobel) are evaluated on this BagNet;
   <variant>/location/  eq. 5: the location network (attention network, mixing conv, cell) learns to emit
                     the locations in decreasing order of their maximum logit, T = 12, teacher-forced
-                    state C, no gradient into the (frozen, eval-mode) representation network;
+                    state C, no gradient into the (frozen, eval-mode) representation network; averaged
+                    over glimpses (official) or summed (cfg.location_loss);
   <variant>/policy/ eq. 6: REINFORCE on S = 2 sampled trajectories of T = 6 glimpses with the batch-mean
-                    accuracy as baseline, + cross-entropy of the mean glimpse logits, L2 lambda and nu.
+                    accuracy as baseline (averaged as officially, or summed: cfg.policy_gradient),
+                    + cross-entropy of the mean glimpse logits, L2 lambda and nu (cfg.l2_form).
   Every variant of cfg.variants starts from the same representation network (the ablations of
   Fig. Supp.3 skip eq. 5 or the attention network).
 DRAM (cfg.model = "dram"): pretrain_wide/ and pretrain_narrow/ (classification pretraining on 200 then
-77 px fields of view, random policy, App. C), policy/ (hybrid loss: cross-entropy + 0.1 x REINFORCE with
-S = 2 and the accuracy baseline). BagNet / ResNet baselines: representation/ (eq. 7).
+77 px fields of view, random policy, App. C; cfg.dram_pretraining_schedule: a schedule each or one over
+both), policy/ (hybrid loss: cross-entropy + 0.1 x REINFORCE with S = 2 and the accuracy baseline;
+refused below cfg.dram_min_pretrain_accuracy x chance). BagNet / ResNet baselines: representation/ (eq. 7).
 
 Writes <output-dir>/config.json, metrics.jsonl (every stage, steps numbered across stages) and
 final_metrics.json (evaluate.py's metrics, e.g. accuracy_<policy>_T<k>, and test_accuracy).
@@ -32,6 +35,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
+from torch import nn
 
 from core.cli import main_guard, parse_args
 from core.data import build_dataset, list_datasets
@@ -41,10 +45,16 @@ from core.estimators import batch_mean_baseline, reinforce_loss
 from core.metrics import correct
 from core.results import save_result
 from core.runs import begin_run, micro_batch
-from core.train import LoopConfig, train
+from core.train import LoopConfig, train, unwrap
 from papers.saccader.config import SaccaderConfig, get_config
 from papers.saccader.data import DigitPairs
-from papers.saccader.evaluate import LEARNED_NAME, classifier_eval_fn, make_eval_fn, saccader_glimpses
+from papers.saccader.evaluate import (
+    LEARNED_NAME,
+    classifier_eval_fn,
+    make_eval_fn,
+    occlusion_standard_errors,
+    saccader_glimpses,
+)
 from papers.saccader.model import (
     build_model,
     classification_loss,
@@ -84,10 +94,6 @@ def max_logit_order(num_glimpses: int):
     return lambda logits_map: logits_map.flatten(2).amax(1).topk(num_glimpses, -1).indices
 
 
-def _unwrap(model):
-    return getattr(model, "module", model)
-
-
 def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
     """step_fn(model, batch, step) -> (loss, stats) of one stage; L2 terms live in the optimiser.
     `saccader`: the trained Saccader whose glimpses the patch classifier learns from."""
@@ -99,10 +105,10 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
         return loss, {"train_accuracy": correct(logits, targets).mean().item()}
 
     def location(model, batch, step):  # eq. 5
-        _unwrap(model).backbone.eval()  # "fixed from BagNet-77-lowD" (Table Supp.5 *): BN statistics too
+        unwrap(model).backbone.eval()  # "fixed from BagNet-77-lowD" (Table Supp.5 *): BN statistics too
         T = cfg.pretrain_glimpses
         out = model(batch[0], T, locations=max_logit_order(T), detach_representation=True)
-        loss = -out["log_prob"].sum(1).mean()
+        loss = -out["log_prob"].mean() * (T if cfg.location_loss == "sum" else 1)
         hits = (out["location_logits"].argmax(-1) == out["locations"]).float().mean()
         return loss, {"target_hit_rate": hits.item()}
 
@@ -112,8 +118,9 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
         out = model(images, T, num_samples=S)
         targets = targets.repeat(S)
         reward = correct(out["logits"].mean(1), targets).view(S, B)
-        # eq. 6 sums over the S samples (reinforce_loss averages): scale by S.
-        pg = S * reinforce_loss(out["log_prob"].sum(1).view(S, B), reward, batch_mean_baseline(reward))
+        # Officially averaged over samples, glimpses and images; eq. 6's text sums over S and T.
+        pg = reinforce_loss(out["log_prob"].mean(1).view(S, B), reward, batch_mean_baseline(reward))
+        pg = pg * (S * T if cfg.policy_gradient == "sum" else 1)
         ce = classification_loss(out["logits"], targets)
         return pg + ce, {"reward": reward.mean().item(), "cross_entropy": ce.item()}
 
@@ -156,9 +163,11 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
 
 
 def make_optimizer(cfg: SaccaderConfig, model, stage: str) -> torch.optim.Optimizer:
-    """SGD with Nesterov momentum (App. C). L2 (lambda/2 sum w^2, gradient lambda w) on kernels:
-    eq. 4 lambda on the representation; eq. 5 nu = 0 and only the location weights; eq. 6 both; DRAM
-    lambda on the classification weights and nu on the location weights."""
+    """SGD with Nesterov momentum (App. C), the L2 terms as weight decay: eq. 4 lambda on the
+    representation; eq. 5 nu = 0 and only the location weights; eq. 6 both; DRAM lambda on the
+    classification weights and nu on the location weights. cfg.l2_form "sum": lambda/2 sum w^2 over
+    kernels (gradient lambda w); "normalized": lambda sum w^2 / n over the n values of every weight but
+    biases and BN (gradient 2 lambda w / n), per term as the official normalized_l2_loss."""
     if cfg.model == "saccader" and stage == "representation":
         groups = [(model.representation_parameters(), cfg.l2)]
     elif cfg.model == "saccader" and stage == "location":
@@ -176,10 +185,21 @@ def make_optimizer(cfg: SaccaderConfig, model, stage: str) -> torch.optim.Optimi
     lr = {"representation": cfg.lr_representation, "location": cfg.lr_location, "policy": cfg.lr_policy,
           "classifier": cfg.lr_classifier, "pretrain_wide": cfg.lr_dram_wide,
           "pretrain_narrow": cfg.lr_dram_narrow, "patch_classifier": cfg.lr_patch_classifier}[stage]
+    unregularised = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
+                     for p in m.parameters()}
+    unregularised |= {id(p) for name, p in model.named_parameters() if name.endswith("bias")}
     param_groups = []
     for params, decay in groups:
-        param_groups += [{"params": [p for p in params if p.ndim > 1], "weight_decay": decay},
-                         {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        if cfg.l2_form == "sum":
+            decayed = [p for p in params if p.ndim > 1]
+        else:  # the cell's vector `a` is a dense kernel officially, so it is decayed too
+            decayed = [p for p in params if id(p) not in unregularised]
+        count = sum(p.numel() for p in decayed)
+        if cfg.l2_form == "normalized" and count:
+            decay = 2 * decay / count
+        kept = {id(p) for p in decayed}
+        param_groups += [{"params": decayed, "weight_decay": decay},
+                         {"params": [p for p in params if id(p) not in kept], "weight_decay": 0.0}]
     return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum, nesterov=True)
 
 
@@ -212,12 +232,15 @@ class Pipeline:
         return steps or math.ceil(cfg.epochs * len(self.train_set) / cfg.batch_size)
 
     def fit(self, model, stage: str, folder: str, eval_fn, opt_cfg: SaccaderConfig | None = None,
-            saccader=None):
+            saccader=None, schedule: tuple[int, int] | None = None):
+        """schedule: (offset, length) of the stage in a schedule it shares with others (default: its own)."""
         cfg = self.cfg
         max_steps = self.steps(stage)
         optimizer = make_optimizer(opt_cfg or cfg, model, stage)
-        warmup = math.ceil(max_steps * cfg.warmup_epochs / cfg.epochs)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(max_steps, warmup))
+        offset, length = schedule or (0, max_steps)
+        warmup = math.ceil(length * cfg.warmup_epochs / cfg.epochs)
+        factor = cosine_with_warmup(length, warmup)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step + offset))
         loop = LoopConfig(max_steps=max_steps, batch_size=micro_batch(cfg.batch_size),
                           seed=cfg.seed + self.fits, checkpoint_every=cfg.checkpoint_every,
                           eval_every=cfg.eval_every, log_every=cfg.log_every,
@@ -242,6 +265,7 @@ class Pipeline:
         return metrics
 
     def finish(self) -> dict[str, float]:
+        self.metrics = occlusion_standard_errors(self.metrics, len(self.eval_set))
         if self.state.is_main_process:
             (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.log))
             save_result(self.out / "final_metrics.json", self.metrics)
@@ -270,10 +294,16 @@ def run(cfg: SaccaderConfig, output_dir: str) -> dict[str, float]:
 
     if cfg.model == "dram":
         model = build_model(cfg)
+        pretraining = [s for s in cfg.stages if s != "policy"]
+        length, offset = sum(pipe.steps(s) for s in pretraining), 0
         for stage in cfg.stages:
-            last = stage == cfg.stages[-1]
-            eval_fn = make_eval_fn(cfg, [], classifier) if last else _dram_pretrain_eval(cfg, stage)
-            pipe.fit(model, stage, stage, eval_fn)
+            if stage == "policy":
+                check_dram_pretraining(cfg, pipe.metrics)
+                pipe.fit(model, stage, stage, make_eval_fn(cfg, [], classifier))
+                continue
+            shared = (offset, length) if cfg.dram_pretraining_schedule == "one" else None
+            pipe.fit(model, stage, stage, _dram_pretrain_eval(cfg, stage), schedule=shared)
+            offset += pipe.steps(stage)
         if f"accuracy_learned_{train_glimpses}" in pipe.metrics:
             pipe.metrics["test_accuracy"] = pipe.metrics[f"accuracy_learned_{train_glimpses}"]
         return pipe.finish()
@@ -313,6 +343,17 @@ def patch_eval_fn(cfg: SaccaderConfig, saccader):
         return {f"accuracy_patch_classifier_T{k}": correct(logits[:, :k].mean(1), targets)
                 for k in counts}
     return eval_fn
+
+
+def check_dram_pretraining(cfg: SaccaderConfig, metrics: dict[str, float]) -> None:
+    """Refuse DRAM's policy stage when its pretraining left the classifier near chance."""
+    done = [s for s in ("pretrain_narrow", "pretrain_wide") if f"{s}_accuracy" in metrics]
+    if not done or not cfg.dram_min_pretrain_accuracy:
+        return
+    accuracy, floor = metrics[f"{done[0]}_accuracy"], cfg.dram_min_pretrain_accuracy / cfg.num_classes
+    if accuracy < floor:
+        raise UserError(f"DRAM's pretraining ({done[0]}) reached test accuracy {accuracy:.3f} < "
+                        f"{cfg.dram_min_pretrain_accuracy:g} x chance = {floor:.3f}: no policy stage")
 
 
 def _dram_pretrain_eval(cfg: SaccaderConfig, stage: str):

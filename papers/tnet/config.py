@@ -227,12 +227,15 @@ _FMOW = dict(
 # The additive encoding is the one choice that differs from the ImageNet recipe: with the concatenating
 # one, TNet did not leave its initial plateau within the CPU budget (see README). All runs get the same
 # 3,000 updates of 16; the baselines are the same extractor + classifier, trained identically.
+# Adam at 3e-4, in the regime of the paper's 1e-4 for this extractor (sec. 5.1): at fMoW's 1e-3 the
+# normalisation-free BagNet's pooled features stop depending on the input within a few hundred updates and
+# such a seed never leaves chance (issue 16); the sweep that chose 3e-4 is in papers/tnet/README.md.
 _CPU = dict(
     width=1 / 8, channels=1, num_classes=10, image_size=64, base_res=32, grid_size=3, cell_fraction=0.5,
     grid_offset=0, grid_step=1, location_hidden=64, feature_dim=64, pos_dim=64, pos_mode="add",
-    locs_per_grid=(2,), eval_locs=("0", "1", "2", "3"), feature_dropout=0.0, lr=1e-3,
+    locs_per_grid=(2,), eval_locs=("0", "1", "2", "3"), feature_dropout=0.0, lr=3e-4,
     batch_size=16, max_steps=3000, dataset="digits", eval_split="test", train_size=16_000, eval_size=1_000,
-    digit_scale=(1.0, 1.0), num_clutter=0, clutter_size=8, augment=False, log_every=20, eval_every=1000,
+    digit_scale=(1.0, 1.0), num_clutter=0, clutter_size=8, augment=False, log_every=20, eval_every=0,
     checkpoint_every=0,
 )
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import nn
 
@@ -102,6 +103,23 @@ def cost_metrics(model: nn.Module, cfg: TNetConfig, batch: int | None = None) ->
     finally:
         model.train(was_training)
     return out
+
+
+@torch.no_grad()
+def feature_spread(model: nn.Module, cfg: TNetConfig, images: torch.Tensor) -> float:
+    """Between-image std of the extractor's pooled features, averaged over features, on the input the
+    extractor sees first (TNet: the whole image at base resolution; a baseline: its input). It falls ~30x
+    when the features stop depending on the image, the learning-rate-induced collapse of issue 16 (CPU
+    configs at initialisation: ~0.01 at 32 px, ~0.0015 at 64 px, where pooling averages more background)."""
+    size = cfg.base_res if isinstance(model, TNet) else model.input_size
+    if images.shape[-1] != size:
+        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                               antialias=False)
+    was_training = model.training
+    model.eval()
+    pooled = model.extractor.forward_features(images)["pooled"]
+    model.train(was_training)
+    return pooled.std(0).mean().item()
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

@@ -11,6 +11,7 @@ prediction after every level. Config names and fields: papers/tnet/config.py.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -24,9 +25,9 @@ from core.data.transforms import random_resized_crop_box, resize, to_signed
 from core.metrics import correct
 from core.results import save_result
 from core.runs import begin_run, is_main_process, micro_batch
-from core.train import LoopConfig, train
+from core.train import LoopConfig, train, unwrap
 from papers.tnet.config import TNetConfig, get_config
-from papers.tnet.evaluate import cost_metrics, load_weights, make_eval_fn
+from papers.tnet.evaluate import cost_metrics, feature_spread, load_weights, make_eval_fn
 from papers.tnet.model import build_model, tnet_loss
 
 
@@ -133,7 +134,7 @@ def make_step_fn(cfg: TNetConfig):
         if cfg.mc_samples > 1:  # M Monte Carlo samples per image = the batch repeated (eq. 1)
             images, targets = images.repeat(cfg.mc_samples, 1, 1, 1), targets.repeat(cfg.mc_samples)
         out = model(images)
-        loss, stats = tnet_loss(out, targets, getattr(model, "module", model).baseline, cfg)
+        loss, stats = tnet_loss(out, targets, unwrap(model).baseline, cfg)
         stats["train_accuracy"] = stats.pop("reward")
         return loss, stats
 
@@ -155,6 +156,20 @@ def lr_schedule(cfg: TNetConfig, max_steps: int):
     return lambda step: 1.0 if step < boundary else cfg.lr_decay
 
 
+HEALTH_IMAGES = 256
+"""Test images on which feature_spread is measured."""
+
+
+def health_metrics(model, cfg: TNetConfig, eval_set, log_path: Path, max_steps: int) -> dict[str, float]:
+    """What the spec's [[health]] rules read: train_accuracy_end, the logged train accuracy averaged over
+    the last 10% of updates (still chance = the run never learned), and feature_spread (evaluate.py)."""
+    records = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    end = [r["train_accuracy"] for r in records if r["step"] > 0.9 * max_steps and "train_accuracy" in r]
+    images = torch.stack([eval_set[i][0] for i in range(min(HEALTH_IMAGES, len(eval_set)))])
+    return {"train_accuracy_end": sum(end) / max(len(end), 1),
+            "feature_spread": feature_spread(model, cfg, images)}
+
+
 def run(cfg: TNetConfig, output_dir: str) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
     batch_size = micro_batch(cfg.batch_size)  # before any accelerate state exists (core.runs)
@@ -174,6 +189,7 @@ def run(cfg: TNetConfig, output_dir: str) -> dict[str, float]:
                     scheduler=scheduler)
     if not is_main_process():
         return metrics
+    metrics.update(health_metrics(model, cfg, eval_set, Path(output_dir) / "metrics.jsonl", max_steps))
     if cfg.measure_cost:
         metrics.update(cost_metrics(model, cfg))
     save_result(Path(output_dir) / "final_metrics.json", metrics)

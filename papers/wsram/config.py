@@ -4,7 +4,8 @@ Variants are fields, so a reproduction spec selects them with --set:
   VAR         estimator=var                   VAR+c       estimator=var control_variates=true
   WS-RAM      estimator=wsram                 WS-RAM+c    estimator=wsram control_variates=true
   WS-RAM+q    estimator=wsram use_q=true      WS-RAM+q+c  estimator=wsram use_q=true control_variates=true
-  random-glimpse baseline: policy=random (same network, uniformly random glimpses, only the classifier learns)
+  random-glimpse baseline: policy=random (same network, uniformly random glimpses, only the classifier learns,
+  with the classifier objective of `estimator`: random_var is compared with VAR, random_wsram with WS-RAM)
 The paper gives no layer widths, glimpse sizes, batch size or learning rate; ours are marked "ours".
 """
 
@@ -82,7 +83,8 @@ class WSRAMConfig:
 
     # Exploration heuristics of [2] (§4.5), each a switch; Fig. 3 turns all three off.
     explore_temperature: bool = True
-    """§4.5 (1): sample from the proposal raised to temperature `temperature`."""
+    """§4.5 (1), VAR only: sample from the prior raised to temperature `temperature`, each sample's gradient
+    importance-corrected by p / p_T (WS-RAM samples at T = 1: train.sampling_temperature says why)."""
     temperature: float = 1.25
     """Proposal temperature when explore_temperature (p^(1/T): Gaussian std x sqrt(T), logits / T; ours)."""
     explore_coverage: bool = True
@@ -101,8 +103,11 @@ class WSRAMConfig:
     """Updates between test-error evaluations (Table 1 is the last one)."""
     train_probe_size: int = 1000
     """Fixed training images on which the Fig. 2a training error is measured (glimpses from the prior)."""
-    grad_probes: int = 8
+    grad_probes: int = 16
     """Gradient estimates, with fresh samples on one fixed batch, whose variance is Fig. 2b."""
+    shared_variance: bool = False
+    """Measure Fig. 2b for all six estimators at this run's parameters (the same checkpoints and batch for
+    every estimator) at every logged point; needs use_q, so that the +q variants have their q."""
     checkpoint_every: int = 100_000
     """Updates between resumable checkpoints."""
 
@@ -124,6 +129,8 @@ class WSRAMConfig:
         if not 0 < self.glimpse_size <= self.canvas or not 0 < self.lowres_size <= self.canvas:
             raise UserError(f"glimpse_size {self.glimpse_size} and lowres_size {self.lowres_size} must "
                             f"lie in [1, canvas = {self.canvas}]")
+        if self.shared_variance and not self.use_q:
+            raise UserError("shared_variance=true needs use_q=true (the +q estimators sample from q)")
         if self.grad_probes < 2:
             raise UserError(f"grad_probes must be >= 2 to measure a variance, got {self.grad_probes}")
 
@@ -138,14 +145,14 @@ class WSRAMConfig:
 
 _CONFIGS = {
     "paper": WSRAMConfig(),
-    # Same algorithm at CPU scale: narrower layers, 2k updates, 10k training placements, and a 60x60 canvas
+    # Same algorithm at CPU scale: narrower layers, 3k updates, 10k training placements, and a 60x60 canvas
     # with 14-42 px digits (at 100x100 no variant, nor the random-glimpse baseline, leaves chance level
     # within a CPU budget; see README.md).
     "cpu": WSRAMConfig(
         name="cpu", canvas=60, digit_scale=(0.5, 1.5), lowres_size=6, train_size=10_000, test_size=1_000,
         glimpse_channels=8, glimpse_hidden=64, hidden=64, q_hidden=64,
-        lr=3e-3, batch_size=32, max_steps=2_000, log_every=100, eval_every=1_000, train_probe_size=500,
-        grad_probes=4, checkpoint_every=0),
+        lr=3e-3, batch_size=32, max_steps=3_000, log_every=250, eval_every=3_000, train_probe_size=500,
+        grad_probes=16, checkpoint_every=0),
     "smoke": WSRAMConfig(
         name="smoke", canvas=60, digit_scale=(0.5, 1.5), train_size=64, test_size=32, glimpse_size=8,
         lowres_size=6, glimpse_channels=2, glimpse_hidden=16, hidden=16, q_hidden=16, num_samples=3,

@@ -26,11 +26,13 @@ FIG2_RUNS = {"var": "VAR", "var_c": "VAR+c", "wsram": "WS-RAM", "wsram_c": "WS-R
              "wsram_q": "WS-RAM+q", "wsram_qc": "WS-RAM+q+c"}
 FIG3_RUNS = {"var_c": "VAR+c", "var_c_noexplore": "VAR+c, no heuristics",
              "wsram_qc": "WS-RAM+q+c", "wsram_qc_noexplore": "WS-RAM+q+c, no heuristics"}
-PANELS = [("train_error", "training error", "linear"), ("grad_variance", "gradient variance", "log"),
+PANELS = [("train_error", "training error", "linear"),
+          ("gvar_policy", "policy-gradient variance / |mean|^2\n(all at WS-RAM+q+c's parameters)", "log"),
           ("ess", "effective sample size (max M)", "linear")]
+SHARED_RUN = "wsram_qc"  # the run that measures every estimator's variance at its parameters
 
 
-def load_curves(logs: Path, run: str) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+def load_curves(logs: Path, run: str, metrics=tuple(PANELS)) -> dict[str, tuple[np.ndarray, ...]]:
     """{metric: (updates, centre, band low, band high)} over seeds for the logged points of one run."""
     files = sorted((logs / run).glob("seed*.jsonl"))
     if not files:
@@ -42,7 +44,7 @@ def load_curves(logs: Path, run: str) -> dict[str, tuple[np.ndarray, np.ndarray,
     n = min(len(rows) for rows in per_seed)  # seeds log the same steps; guard against a cut-short log
     steps = np.array([r["step"] for r in per_seed[0][:n]])
     out = {}
-    for metric, _, yscale in PANELS:
+    for metric, _, yscale in metrics:
         if metric in per_seed[0][0]:
             values = np.array([[r[metric] for r in rows[:n]] for rows in per_seed])
             if yscale == "log":
@@ -62,13 +64,16 @@ def _plot(ax, steps, centre, low, high, label):
 
 def figure2(logs: Path, path: Path) -> Path:
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    shared = load_curves(logs, SHARED_RUN, [(f"gvar_policy_{run}", "", "log") for run in FIG2_RUNS])
     for run, label in FIG2_RUNS.items():
         curves = load_curves(logs, run)
+        curves["gvar_policy"] = shared.get(f"gvar_policy_{run}")
         for ax, (metric, _, _) in zip(axes, PANELS, strict=True):
-            if metric in curves:
+            if curves.get(metric) is not None:
                 _plot(ax, *curves[metric], label)
     for ax, (_, title, yscale) in zip(axes, PANELS, strict=True):
-        ax.set(xlabel="thousands of updates", title=title, yscale=yscale)
+        ax.set(xlabel="thousands of updates", yscale=yscale)
+        ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"WS-RAM Fig. 2, {logs.name.removesuffix('-logs')} scale", fontsize=10)
     return save_figure(fig, path)

@@ -7,15 +7,16 @@ from core.estimators (VAR: eqs. 3-5; WS-RAM: eqs. 7-8, +q: eq. 14, +c: eqs. 15-1
 exploration heuristics (§4.5). Every `log_every` updates it also logs, for Fig. 2:
   train_error   error on a fixed set of training images, glimpses sampled from the prior (T = 1), p(y | I)
                 estimated by averaging p(y | a^m, I) over M sequences (the label never guides these glimpses);
-  grad_variance total variance (trace of the covariance) of the attention network's gradient estimate,
-                over `grad_probes` estimates with fresh glimpse samples on one fixed batch at the current
-                parameters, i.e. the variance due to the estimator alone;
+  gvar_*        with shared_variance (the WS-RAM+q+c run): every estimator's gradient variance at this
+                run's parameters on one fixed batch, over `grad_probes` estimates, normalised by the squared
+                mean gradient, for the attention-policy parameters and in total (Probes.shared_variance);
   ess           effective sample size 1 / sum_m (w^m)^2 of the update's importance weights (eq. 7), in [1, M].
 final_metrics.json holds the Table 1 test error and summaries of these curves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -35,22 +36,34 @@ from core.estimators import (
 from core.metrics import GradientVariance
 from core.results import save_result
 from core.runs import begin_run, micro_batch
-from core.train import LoopConfig, train
+from core.train import LoopConfig, train, unwrap
 from papers.wsram.config import WSRAMConfig, get_config
 from papers.wsram.model import WSRAM, build_model
+
+# Fig. 2's six estimators, measured at the parameters of the run that sets shared_variance (WS-RAM+q+c)
+SHARED_VARIANTS = {
+    "var": dict(estimator="var", use_q=False, control_variates=False),
+    "var_c": dict(estimator="var", use_q=False, control_variates=True),
+    "wsram": dict(estimator="wsram", use_q=False, control_variates=False),
+    "wsram_c": dict(estimator="wsram", use_q=False, control_variates=True),
+    "wsram_q": dict(estimator="wsram", use_q=True, control_variates=False),
+    "wsram_qc": dict(estimator="wsram", use_q=True, control_variates=True),
+}
+POLICY_MODULES = ("context", "in2", "rec2", "policy")  # parameters that act only through the glimpse policy
 
 
 def surrogate_loss(cfg: WSRAMConfig, out: dict[str, torch.Tensor]) -> torch.Tensor:
     """The selected estimator's loss; its gradient is minus the paper's ascent direction."""
     log_py, log_pa, log_prop = out["log_py"], out["log_pa"], out["log_proposal"]
-    if cfg.policy == "random":  # eq. 5 with an action distribution that has no parameters
-        return -log_py.mean()
-    if cfg.estimator == "var":  # eq. 5 (samples from the possibly tempered prior, as [2]'s heuristic does)
-        return variational_bound_loss(log_py, log_pa, control_variate=cfg.control_variates)
-    # Eqs. 7-8 (16): the proposal is q, or the prior itself, or the prior raised to a temperature (§4.5),
-    # in which case the weights correct for it; only q's own loss (eq. 14 / 17) moves eta.
-    tempered = cfg.explore_temperature and cfg.temperature != 1.0
-    ws = wake_sleep_loss(log_py, log_pa, log_q=log_prop if cfg.use_q or tempered else None,
+    # The random-glimpse baseline (log_pa = log_proposal = 0, no policy to train) gets its classifier
+    # objective from the estimator it is compared with: VAR's mean of log p(y|a) (eq. 5), or WS-RAM's
+    # normalised weighting of it (eq. 8), so that a comparison with it compares policies, not objectives.
+    if cfg.estimator == "var":  # eq. 5; tempered samples (§4.5 heuristic 1) are importance-corrected
+        return variational_bound_loss(log_py, log_pa, control_variate=cfg.control_variates,
+                                      log_proposal=log_prop if sampling_temperature(cfg) != 1.0 else None)
+    # Eqs. 7-8 (16): the proposal is q or the prior, both at T = 1 (see sampling_temperature); only q's own
+    # loss (eq. 14 / 17) moves eta, so q is trained towards the posterior itself.
+    ws = wake_sleep_loss(log_py, log_pa, log_q=log_prop if cfg.use_q else None,
                          control_variate=cfg.control_variates)
     return ws.loss if cfg.use_q else ws.prediction_loss
 
@@ -79,12 +92,19 @@ def exploration_loss(cfg: WSRAMConfig, out: dict[str, torch.Tensor]) -> torch.Te
     return loss
 
 
+def sampling_temperature(cfg: WSRAMConfig) -> float:
+    """§4.5 heuristic 1 applies to VAR only. For WS-RAM a tempered proposal, even with importance weights
+    that correct for it, biases the self-normalised estimate of eq. 8 towards the tempered density: at
+    M = 5 it drives the location std up until it hits its cap and the policy is random. The paper found the
+    heuristics made little difference to WS-RAM, so WS-RAM samples from the prior or q at T = 1."""
+    return cfg.temperature if cfg.explore_temperature and cfg.estimator == "var" else 1.0
+
+
 def rollout(cfg: WSRAMConfig, model: torch.nn.Module, images, labels) -> dict[str, torch.Tensor]:
     """The training-time rollout: M sequences from the proposal the variant prescribes."""
     if cfg.policy == "random":
         return model(images, labels, cfg.num_samples, "random")
-    temperature = cfg.temperature if cfg.explore_temperature else 1.0
-    return model(images, labels, cfg.num_samples, "q" if cfg.use_q else "prior", temperature)
+    return model(images, labels, cfg.num_samples, "q" if cfg.use_q else "prior", sampling_temperature(cfg))
 
 
 def log_weights(out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -118,16 +138,33 @@ class Probes:
         p = counts / counts.sum()
         return torch.cat(errors).float().mean().item(), -(p * p.clamp_min(1e-12).log()).sum().item()
 
-    def grad_variance(self, model: WSRAM) -> float:
-        """Total variance of the attention network's gradient estimate over fresh glimpse samples."""
+    def shared_variance(self, model: WSRAM) -> dict[str, float]:
+        """Fig. 2b at shared parameters: every estimator's gradient, `grad_probes` times with fresh glimpse
+        samples, on one fixed batch at this run's current parameters. Per variant, the trace of the
+        covariance over the squared norm of the mean estimate, for the attention-policy parameters
+        (layer 2 and the action head) and for the whole prediction network; and the mean ESS of the
+        untempered weights with the prior (WS-RAM) or q (WS-RAM+q) as the proposal."""
         cfg, dev = self.cfg, next(model.parameters()).device
         x, y = self.images[:cfg.batch_size].to(dev), self.labels[:cfg.batch_size].to(dev)
-        params = [p for n, p in model.named_parameters() if not n.startswith("inference.")]
-        tracker = GradientVariance()
-        for _ in range(cfg.grad_probes):
-            loss = surrogate_loss(cfg, rollout(cfg, model, x, y))
-            tracker.update(torch.autograd.grad(loss, params, allow_unused=True, materialize_grads=True))
-        return tracker.total_variance()
+        named = [(n, p) for n, p in model.named_parameters() if not n.startswith("inference.")]
+        params = [p for _, p in named]
+        policy = [i for i, (n, _) in enumerate(named) if n.split(".")[0] in POLICY_MODULES]
+        stats = {}
+        for variant, fields in SHARED_VARIANTS.items():
+            vcfg = dataclasses.replace(cfg, shared_variance=False, **fields)
+            total, attention, ess = GradientVariance(), GradientVariance(), 0.0
+            for _ in range(cfg.grad_probes):
+                out = rollout(vcfg, model, x, y)
+                grads = torch.autograd.grad(surrogate_loss(vcfg, out), params, allow_unused=True,
+                                            materialize_grads=True)
+                total.update(grads)
+                attention.update([grads[i] for i in policy])
+                ess += effective_sample_size(normalized_importance_weights(log_weights(out))).mean().item()
+            stats[f"gvar_policy_{variant}"] = attention.total_variance() / attention.mean_squared_norm()
+            stats[f"gvar_total_{variant}"] = total.total_variance() / total.mean_squared_norm()
+            if variant in ("wsram", "wsram_q"):
+                stats[f"ess_shared_{'q' if vcfg.use_q else 'prior'}"] = ess / cfg.grad_probes
+        return stats
 
     def __call__(self, model: WSRAM, step: int) -> dict[str, float]:
         devices = [self.images.device] if self.images.is_cuda else []
@@ -135,8 +172,8 @@ class Probes:
             torch.manual_seed(self.cfg.seed * 1_000_003 + step)
             error, scale_entropy = self.train_error(model)
             stats = {"train_error": error, "scale_usage_entropy": scale_entropy}
-            if model.learned:
-                stats["grad_variance"] = self.grad_variance(model)
+            if self.cfg.shared_variance:
+                stats.update(self.shared_variance(model))
         return stats
 
 
@@ -152,7 +189,7 @@ def make_step_fn(cfg: WSRAMConfig, probes: Probes):
             "log_likelihood": (torch.logsumexp(log_w, 0) - math.log(cfg.num_samples)).mean().item(),
         }
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            stats.update(probes(getattr(model, "module", model), step))
+            stats.update(probes(unwrap(model), step))
         return loss, stats
 
     return step_fn
@@ -183,9 +220,23 @@ def summarize(metrics_path: Path, test_error: float, cfg: WSRAMConfig) -> dict[s
         "ess_final": last["ess"],
         "steps": float(last["step"]),
     }
-    if "grad_variance" in last:  # geometric mean of the Fig. 2b curve (it spans orders of magnitude)
-        final["grad_variance"] = math.exp(sum(math.log(r["grad_variance"]) for r in curve) / len(curve))
+    final["ess_at_error_50"] = ess_at_error(curve, 0.5)
+    for key in (k for k in last if k.startswith("gvar_")):  # geometric mean: the curves span decades
+        final[key] = math.exp(sum(math.log(r[key]) for r in curve) / len(curve))
+    for key in (k for k in last if k.startswith("ess_shared_")):
+        final[key] = sum(r[key] for r in curve) / len(curve)
     return final
+
+
+def ess_at_error(curve: list[dict], level: float) -> float:
+    """ESS where the training-error curve first falls to `level`, linearly interpolated between logged
+    points (the last point's ESS if it never does): ESS falls as a model trains, so comparing variants at
+    the same training error, not the same update, separates the estimator from the progress."""
+    for prev, row in zip(curve, curve[1:], strict=False):
+        if row["train_error"] <= level < prev["train_error"]:
+            t = (prev["train_error"] - level) / (prev["train_error"] - row["train_error"])
+            return prev["ess"] + t * (row["ess"] - prev["ess"])
+    return curve[0]["ess"] if curve[0]["train_error"] <= level else curve[-1]["ess"]
 
 
 def build_datasets(cfg: WSRAMConfig) -> tuple[DigitCanvas, DigitCanvas]:

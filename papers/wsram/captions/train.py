@@ -31,7 +31,7 @@ from core.estimators import (
 )
 from core.results import save_result
 from core.runs import begin_run, micro_batch
-from core.train import LoopConfig, train
+from core.train import LoopConfig, train, unwrap
 from papers.wsram.captions.config import CaptionConfig, get_config
 from papers.wsram.captions.evaluate import caption_bleu, caption_nll, make_datasets, trivial_baselines
 from papers.wsram.captions.model import build_model
@@ -59,7 +59,7 @@ def make_step_fn(cfg: CaptionConfig, probe):
                                / out["tokens"].sum()).item(),
         }
         if step % cfg.log_every == 0 or step == cfg.max_steps:
-            stats.update(probe(getattr(model, "module", model), step))
+            stats.update(probe(unwrap(model), step))
         return surrogate_loss(cfg, out), stats
 
     return step_fn
