@@ -368,3 +368,11 @@ def test_a_flagged_run_blocks_required_claims_and_skips_smoke(tmp_path, capsys):
     assert not (tmp_path / "results" / "fake").exists()
     assert load_spec(spec, "smoke").health == []  # a few updates learn nothing: no rule applies by default
     assert _run(spec, tmp_path, scale="smoke") == 0
+
+
+@pytest.mark.unit
+def test_runs_start_longest_stored_first(tmp_path, capsys):
+    spec = load_spec(_spec(tmp_path), "cpu")
+    expected = {"high/seed1": 5.0, "low/seed0": 3.0}  # the rest: spec order
+    results, _ = core.reproduce.run_all(spec, tmp_path / "work", jobs=1, threads=1, expected_s=expected)
+    assert list(results) == [("high", 1), ("low", 0), ("low", 1), ("high", 0)]

@@ -129,6 +129,20 @@ def test_precision_defers_to_the_launcher_and_is_recorded(tmp_path, monkeypatch,
 
 
 @pytest.mark.unit
+def test_compiled_model_trains_checkpoints_resumes_and_is_recorded(tmp_path, monkeypatch):
+    # The eager backend exercises the torch.compile wrapper (accelerate prepare, save/load state, unwrap)
+    # without the minutes of an inductor build.
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda model: compile_(model, backend="eager"))
+    for steps in (2, 4):  # the second call resumes from the first one's checkpoint
+        model, optimizer, data = _setup()
+        loop = LoopConfig(max_steps=steps, batch_size=8, compile=True, output_dir=str(tmp_path), cpu=True)
+        metrics = train(loop, model, optimizer, data, _step, data, _eval)
+    assert 0 <= metrics["acc"] <= 1 and checkpoint_steps(tmp_path / "checkpoints") == [2, 4]
+    assert json.loads((tmp_path / "run.json").read_text())["compile"] == "torch.compile"
+
+
+@pytest.mark.unit
 def test_loader_workers_default_from_cores_persist_and_train_like_none(tmp_path, monkeypatch):
     class Accel:
         num_processes, device = 2, torch.device("cpu")

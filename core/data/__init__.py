@@ -24,12 +24,27 @@ from .synthetic import ClutteredMNIST, DigitCanvas, TranslatedScaledMNIST
 
 __all__ = [
     "load_mnist_digits", "load_idx_folder", "DigitCanvas", "TranslatedScaledMNIST", "ClutteredMNIST",
-    "HFImageDataset", "IDXDataset", "build_dataset", "register_dataset", "list_datasets",
+    "HFImageDataset", "IDXDataset", "build_dataset", "register_dataset", "list_datasets", "PREPARE_HINTS",
+    "is_idx_folder",
 ]
 
 _REGISTRY: dict[str, Callable[..., Dataset]] = {}
 _HUB_ID = re.compile(r"\w[\w.-]*(/\w[\w.-]*)?")  # "name" or "owner/name"
 _OFFLINE_ENV = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+# Split folder names `datasets`' imagefolder recognises; any other subfolder is a class.
+_SPLIT_DIRS = {"train", "training", "test", "testing", "eval", "evaluation", "validation", "valid", "val",
+               "dev"}
+_INSTANCE = re.compile(r"(.+)_\d+")  # fMoW's airport_0, airport_1, ...: instances of one class
+_IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# Names of real datasets that need a download and `python -m core.data.prepare` (README.md, "Data").
+_ILSVRC = "ILSVRC2012 (image-net.org, or Kaggle's imagenet-object-localization-challenge)"
+PREPARE_HINTS = {
+    "imagenet": ("imagenet", _ILSVRC),
+    "ILSVRC/imagenet-1k": ("imagenet", _ILSVRC),
+    "fmow": ("fmow", "fMoW-rgb with its test ground truth (github.com/fMoW/dataset)"),
+    "celeba-hq": ("celeba-hq", "CelebAMask-HQ (github.com/switchablenorms/CelebAMask-HQ)"),
+    "mnist": ("mnist", "the four MNIST IDX files"),
+}
 
 
 def _qualname(fn: Callable) -> str:
@@ -86,8 +101,55 @@ def _hf_offline():
                 os.environ[k] = v
 
 
-def _is_idx_folder(folder: Path) -> bool:
-    return any(find_idx_file(folder, split, "images") for split in ("train", "test"))
+def is_idx_folder(folder: str | Path) -> bool:
+    """Whether `folder` is an existing folder holding MNIST-layout IDX image files."""
+    folder = Path(folder).expanduser()
+    return folder.is_dir() and any(find_idx_file(folder, split, "images") for split in ("train", "test"))
+
+
+def _prepare_hint(name: str) -> str:
+    kind, download = PREPARE_HINTS[name]
+    return (f"download {download}, run `python -m core.data.prepare {kind} SRC DST` and pass "
+            f"--set dataset=DST (README.md, Data)")
+
+
+def _check_imagefolder(folder: Path) -> None:
+    """Refuse layouts from which `datasets` would silently take wrong labels (or none): a split folder of
+    images without class subfolders (ImageNet's flat validation set), class folders holding folders
+    (labels would come from the inner ones) or named like instances of fewer classes (fMoW's airport_0).
+    A folder with a metadata.csv/jsonl takes its labels from there and is not checked."""
+    def entries(path: Path) -> list[os.DirEntry]:
+        with os.scandir(path) as it:
+            return [e for e in it if not e.name.startswith(".")]
+
+    subdirs = [e for e in entries(folder) if e.is_dir()]
+    splits = [Path(e.path) for e in subdirs if e.name.lower() in _SPLIT_DIRS] or [folder]
+    for split in splits:
+        content = entries(split)
+        if any(e.name in ("metadata.csv", "metadata.jsonl") for e in content):
+            continue
+        classes = sorted((e for e in content if e.is_dir()), key=lambda e: e.name)
+        if not classes:
+            if any(e.name.lower().endswith(_IMAGE_SUFFIXES) for e in content):
+                raise UserError(f"{split} holds images but no class subfolders, so it has no labels: sort "
+                                f"them into one folder per class (ImageNet's validation set: "
+                                f"`python -m core.data.prepare imagenet SRC DST`)")
+            continue
+        for c in classes:
+            with os.scandir(c.path) as it:
+                if any(e.is_dir() and not e.name.startswith(".") for e in it):
+                    raise UserError(f"class folder {c.path} holds folders, whose names would become the "
+                                    f"labels; put each class's images directly in its folder (fMoW as "
+                                    f"downloaded: `python -m core.data.prepare fmow SRC DST`)")
+        names = [c.name for c in classes]
+        matches = [_INSTANCE.fullmatch(n) for n in names]
+        prefixes = {m[1] for m in matches if m}
+        # Several prefixes, numbered repeatedly (airport_0, airport_1, zoo_0): instances. One prefix with
+        # numbers (digit_0 ... digit_9) is a legitimate class naming.
+        if all(matches) and 1 < len(prefixes) < len(names):
+            raise UserError(f"{split}'s class folders ({names[0]}, {names[1]}, ...) are instances of fewer "
+                            f"classes, not classes; flatten them into one folder per class (fMoW: "
+                            f"`python -m core.data.prepare fmow SRC DST`)")
 
 
 def _first_line(e: Exception) -> str:
@@ -110,8 +172,10 @@ def _load_hf(name: str, split: str, cache_dir: str | None, subset: str | None, f
             if folder is not None:
                 raise UserError(f"folder {folder} holds no image files readable as an imagefolder "
                                 f"(class subfolders of images): {_first_line(e)}") from e
+            hint = _prepare_hint(name) if name in PREPARE_HINTS else \
+                "download it first or pass a local folder"
             raise UserError(f"dataset {name!r} is not in the local Hugging Face cache and no such folder "
-                            f"exists; download it first or pass a local folder") from e
+                            f"exists; {hint}") from e
 
 
 def build_dataset(name: str, split: str, **kw) -> Dataset:
@@ -135,15 +199,18 @@ def build_dataset(name: str, split: str, **kw) -> Dataset:
     if path.is_dir():
         if subset is not None:
             raise UserError(f"subset={subset!r} applies to hub datasets, not to the folder {path}")
-        if _is_idx_folder(path):
+        if is_idx_folder(path):
             return IDXDataset(path, split, **kw)
         if not any(p.is_file() for p in path.rglob("*")):
             raise UserError(f"folder {path} is empty; expected class subfolders of images")
+        _check_imagefolder(path)
         data = _load_hf(name, split, cache_dir, None, folder=path.resolve())
         return HFImageDataset(data, source=str(path), **kw)
     if path.exists():
         raise UserError(f"dataset path {path} is a file; pass a folder (imagefolder or MNIST IDX) "
                         f"or a hub id")
+    if name in PREPARE_HINTS and "/" not in name:  # a dataset's name, not a hub id nor a folder here
+        raise UserError(f"dataset {name!r} is not a folder here: {_prepare_hint(name)}")
     if not _HUB_ID.fullmatch(name):
         raise UserError(f"dataset folder {path} does not exist (and {name!r} is neither a registered dataset "
                         f"{list_datasets()} nor a Hugging Face hub id)")

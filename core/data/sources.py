@@ -146,6 +146,10 @@ class HFImageDataset(Dataset):
         if self.scalar_labels:
             labels = self.data.with_format("arrow")[self.label_columns[0]]  # respects select()/shuffle()
             _check_labels(labels.to_numpy(), num_classes, self.source)
+        if self.classes is not None and num_classes is not None and len(self.classes) != num_classes:
+            raise UserError(f"{self.source} has {len(self.classes)} classes ({self.classes[0]}, ...) but the "
+                            f"config says num_classes = {num_classes}; set num_classes={len(self.classes)} "
+                            f"or pass the complete dataset")
 
     def __len__(self) -> int:
         return len(self.data)

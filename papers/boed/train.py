@@ -39,6 +39,7 @@ from core.metrics import count_multiplications, count_parameters, iterations_to_
 from core.results import save_result
 from core.runs import begin_run
 from core.train import LoopConfig, train
+from papers.boed import preprocess
 from papers.boed.config import BOEDConfig, get_config
 from papers.boed.data import SlotDigits
 from papers.boed.design import (
@@ -79,16 +80,20 @@ class Split:
     normalise: bool = False
     boxes: list[torch.Tensor] | None = None  # per task, the (n, 4) boxes deciding it (slot-digits)
 
-    def images_float(self, index=slice(None)) -> torch.Tensor:
+    def images_float(self, index=slice(None), design: bool = False) -> torch.Tensor:
+        """In [0, 1], or with `normalise` as the official code has it: the design's ImageNet mean/std
+        (`design`) or the hard-attention network's (x - 0.5) / 0.5 (papers/boed/preprocess.py)."""
         x = self.images[index].float() / 255
-        return (x - 0.5) / 0.5 if self.normalise else x  # official: Normalize(mean 0.5, std 0.5)
+        if not self.normalise:
+            return x
+        return preprocess.design_input(x) if design else preprocess.hard_attention_input(x)
 
 
 class Indexed(Dataset):
     """(float image, labels (K,), index) items of a Split, for core.train."""
 
-    def __init__(self, split: Split, indices: torch.Tensor | None = None):
-        self.split = split
+    def __init__(self, split: Split, indices: torch.Tensor | None = None, design: bool = False):
+        self.split, self.design = split, design
         self.indices = torch.arange(len(split.images)) if indices is None else indices
 
     def __len__(self) -> int:
@@ -96,7 +101,7 @@ class Indexed(Dataset):
 
     def __getitem__(self, i: int):
         j = int(self.indices[i])
-        return self.split.images_float(j), self.split.labels[j], j
+        return self.split.images_float(j, self.design), self.split.labels[j], j
 
 
 def _slot_split(cfg: BOEDConfig, split: str, n: int) -> Split:
@@ -173,6 +178,8 @@ def train_posterior(cfg: BOEDConfig, data: dict[str, Split], out: Path) -> Poste
 
     def step_fn(model, batch, step):
         images, labels, _ = batch
+        if cfg.hflip:  # official: g trains on randomly flipped images (papers/boed/preprocess.py)
+            images = preprocess.random_hflip(images)
         logits = model(embed(images))
         loss = F.binary_cross_entropy_with_logits(logits, labels)
         return loss, {"acc": ((logits > 0).float() == labels).float().mean().item()}
@@ -183,10 +190,10 @@ def train_posterior(cfg: BOEDConfig, data: dict[str, Split], out: Path) -> Poste
         nll = F.binary_cross_entropy_with_logits(logits, labels, reduction="none").mean(1)
         return {"nll": nll, "acc": ((logits > 0).float() == labels).float().mean(1)}
 
-    train_set = Indexed(data["train"], torch.arange(cfg.design_size, cfg.train_size))
+    train_set = Indexed(data["train"], torch.arange(cfg.design_size, cfg.train_size), design=True)
     optimizer = torch.optim.Adam(g.parameters(), lr=cfg.posterior_lr)
     metrics = train(_loop(cfg, out, cfg.posterior_steps, cfg.posterior_batch_size), g, optimizer, train_set,
-                    step_fn, Indexed(data["val"]), eval_fn)
+                    step_fn, Indexed(data["val"], design=True), eval_fn)
     g.eval()
     g.val_metrics = metrics
     return g
@@ -283,7 +290,7 @@ def first_step_epe(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], dev
     index, counts = torch.unique(draws, return_counts=True)
     image = torch.zeros(cfg.channels, cfg.image_size, cfg.image_size)
     return expected_posterior_entropy(g, image.to(device), torch.zeros(0, 2, dtype=torch.long, device=device),
-                                      lattice.to(device), db.images_float(index).to(device),
+                                      lattice.to(device), db.images_float(index, design=True).to(device),
                                       (counts.double() / cfg.num_samples).to(device), cfg.glimpse_size,
                                       cfg.design_chunk).cpu()
 
@@ -298,7 +305,7 @@ def design_all(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], epe0: t
     device = state.device
     g = g.to(device)
     masks = candidate_masks((cfg.image_size,) * 2, lattice, cfg.glimpse_size).to(device)
-    database = data["database"].images_float().to(device)
+    database = data["database"].images_float(design=True).to(device)
     first = epe0.argmin(0)  # (K,)
     path = lambda k, i: out / "sequences" / cfg.tasks[k] / f"{i}.txt"  # noqa: E731
     jobs = [(k, i) for k in range(len(cfg.tasks)) for i in range(cfg.sequences_per_task)]
@@ -306,7 +313,7 @@ def design_all(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], epe0: t
         if path(k, i).exists():
             continue
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + k * 10_007 + i)
-        image = data["train"].images_float(i).to(device)
+        image = data["train"].images_float(i, design=True).to(device)
         chosen, _ = design_sequence(g, image, database, k, lattice.to(device), cfg.glimpse_size,
                                     cfg.num_glimpses, cfg.num_samples, cfg.noise_var, int(first[k]),
                                     generator, cfg.design_chunk, masks)
@@ -403,7 +410,7 @@ def design_metrics(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], epe
         m["design_hit_rate"] = sum(hit(lattice[sequences[:, k]], k) for k in range(K)) / K
         m["chance_hit_rate"] = sum(hit(lattice, k) for k in range(K)) / K
         m["first_hit_over_chance"] = m["first_glimpse_hit_rate"] / m["chance_hit_rate"]
-    images = train_split.images_float(slice(0, n))
+    images = train_split.images_float(slice(0, n), design=True)  # for g: the design normalisation
     rand_idx = torch.randint(len(lattice), (n, cfg.num_glimpses),
                              generator=torch.Generator().manual_seed(cfg.seed))
     with torch.no_grad():

@@ -39,13 +39,14 @@ from torch import nn
 
 from core.cli import main_guard, parse_args
 from core.data import build_dataset, list_datasets
-from core.data.transforms import Compose, RandomResizedCrop, Resize, ToSigned
+from core.data.transforms import ToSigned
 from core.errors import UserError
 from core.estimators import batch_mean_baseline, reinforce_loss
 from core.metrics import correct
 from core.results import save_result
 from core.runs import begin_run, micro_batch
 from core.train import LoopConfig, train, unwrap
+from papers.saccader import preprocess
 from papers.saccader.config import SaccaderConfig, get_config
 from papers.saccader.data import DigitPairs
 from papers.saccader.evaluate import (
@@ -82,11 +83,16 @@ def build_datasets(cfg: SaccaderConfig):
         kw = dict(canvas=cfg.image_size, channels=cfg.channels, transform=ToSigned())
         return (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
                 build_dataset(cfg.dataset, "test", n=cfg.eval_size, seed=0, **kw))
-    size = (cfg.image_size, cfg.image_size)
-    kw = dict(channels=cfg.channels, num_classes=cfg.num_classes)
-    train_tf, eval_tf = Compose([RandomResizedCrop(size), ToSigned()]), Compose([Resize(size), ToSigned()])
-    return (build_dataset(cfg.dataset, cfg.train_split, transform=train_tf, **kw),
-            build_dataset(cfg.dataset, cfg.eval_split, transform=eval_tf, **kw))
+    # Paper scale: the official input pipeline (papers/saccader/preprocess.py, data_provider.py), with
+    # label 0 kept for the background class when num_classes = 1001 (labels shifted by one).
+    shift = cfg.num_classes == 1001
+    kw = dict(channels=cfg.channels, num_classes=cfg.num_classes - shift)
+    train_tf, eval_tf = preprocess.TrainTransform(cfg.image_size), preprocess.EvalTransform(cfg.image_size)
+    train_set = build_dataset(cfg.dataset, cfg.train_split, transform=train_tf, **kw)
+    eval_set = build_dataset(cfg.dataset, cfg.eval_split, transform=eval_tf, **kw)
+    if shift:
+        return preprocess.BackgroundShift(train_set), preprocess.BackgroundShift(eval_set)
+    return train_set, eval_set
 
 
 def max_logit_order(num_glimpses: int):

@@ -21,84 +21,15 @@ import torch.nn.functional as F
 
 from core.cli import main_guard, parse_args
 from core.data import DigitCanvas, build_dataset, list_datasets
-from core.data.transforms import random_resized_crop_box, resize, to_signed
+from core.data.transforms import to_signed
 from core.metrics import correct
 from core.results import save_result
 from core.runs import begin_run, is_main_process, micro_batch
 from core.train import LoopConfig, train, unwrap
+from papers.tnet import preprocess
 from papers.tnet.config import TNetConfig, get_config
 from papers.tnet.evaluate import cost_metrics, feature_spread, load_weights, make_eval_fn
 from papers.tnet.model import build_model, tnet_loss
-
-
-class InceptionAugment:
-    """Training augmentation of App. B.2 on a float image (C, H, W) in [0, 1] -> (C, size, size) in [-1, 1].
-
-    A random crop covering at least 85% of the image area with aspect ratio in [0.5, 2], resized to
-    `size` with one of 8 resampling methods picked at random, a random horizontal flip, and photometric
-    distortions (Howard 2013: brightness, saturation, hue and contrast, in random order).
-    """
-
-    METHODS = (("bilinear", False), ("nearest", False), ("bicubic", False), ("area", False),
-               ("bilinear", True), ("bicubic", True), ("nearest-exact", False), ("bilinear-corners", False))
-
-    def __init__(self, size: int):
-        self.size = size
-
-    @staticmethod
-    def _uniform(lo: float, hi: float) -> float:
-        return lo + (hi - lo) * torch.rand(()).item()
-
-    def _resize(self, image: torch.Tensor) -> torch.Tensor:
-        mode, antialias = self.METHODS[int(torch.randint(len(self.METHODS), ()))]
-        if mode == "bilinear-corners":
-            kw = {"mode": "bilinear", "align_corners": True}
-        elif mode in ("bilinear", "bicubic"):
-            kw = {"mode": mode, "align_corners": False, "antialias": antialias}
-        else:
-            kw = {"mode": mode}
-        return F.interpolate(image[None], size=(self.size, self.size), **kw)[0].clamp(0, 1)
-
-    def _photometric(self, image: torch.Tensor) -> torch.Tensor:
-        if image.shape[0] != 3:  # grey images: brightness and contrast only
-            ops = [lambda x: x + self._uniform(-32 / 255, 32 / 255),
-                   lambda x: x.mean() + (x - x.mean()) * self._uniform(0.5, 1.5)]
-        else:
-            to_yiq = image.new_tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322],
-                                       [0.211, -0.523, 0.312]])
-
-            def hue(x):  # rotate the chroma plane of YIQ by up to 0.2 turns
-                angle = 2 * math.pi * self._uniform(-0.2, 0.2)
-                c, s = math.cos(angle), math.sin(angle)
-                rotate = x.new_tensor([[1, 0, 0], [0, c, -s], [0, s, c]])
-                return torch.einsum("ij,jhw->ihw", torch.linalg.inv(to_yiq) @ rotate @ to_yiq, x)
-
-            def saturation(x):
-                grey = x.mean(0, keepdim=True)
-                return grey + (x - grey) * self._uniform(0.5, 1.5)
-
-            ops = [lambda x: x + self._uniform(-32 / 255, 32 / 255), saturation, hue,
-                   lambda x: x.mean() + (x - x.mean()) * self._uniform(0.5, 1.5)]
-        for i in torch.randperm(len(ops)).tolist():
-            image = ops[i](image).clamp(0, 1)
-        return image
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        top, left, h, w = random_resized_crop_box(*image.shape[-2:], scale=(0.85, 1.0), ratio=(0.5, 2.0))
-        image = self._resize(image[:, top:top + h, left:left + w])
-        if torch.rand(()) < 0.5:
-            image = image.flip(-1)
-        return to_signed(self._photometric(image))
-
-
-class ResizeSigned:
-    """Evaluation: the whole image resized to `size` (no crop, as the official code), in [-1, 1]."""
-
-    def __init__(self, size: int):
-        self.size = size
-
-    def __call__(self, image: torch.Tensor) -> torch.Tensor:
-        return to_signed(resize(image, (self.size, self.size)).clamp(0, 1))
 
 
 def build_datasets(cfg: TNetConfig):
@@ -119,10 +50,18 @@ def build_datasets(cfg: TNetConfig):
         kw = dict(canvas=cfg.image_size, channels=cfg.channels, transform=to_signed)
         return (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
                 build_dataset(cfg.dataset, "test", n=cfg.eval_size, seed=0, **kw))
+    # Paper scale: the official input pipeline (papers/tnet/preprocess.py, input_imagenet.py).
     kw = dict(channels=cfg.channels, num_classes=cfg.num_classes)
-    train_tf = InceptionAugment(cfg.image_size) if cfg.augment else ResizeSigned(cfg.image_size)
-    return (build_dataset(cfg.dataset, cfg.train_split, transform=train_tf, **kw),
-            build_dataset(cfg.dataset, cfg.eval_split, transform=ResizeSigned(cfg.image_size), **kw))
+    eval_tf = preprocess.EvalTransform(cfg.image_size)
+    eval_set = build_dataset(cfg.dataset, cfg.eval_split, transform=eval_tf, **kw)
+    if not cfg.augment:
+        return build_dataset(cfg.dataset, cfg.train_split, transform=eval_tf, **kw), eval_set
+    boxes = preprocess.read_boxes(cfg.dataset, cfg.train_split)  # fMoW: the crop covers >= 10% of a box
+    if boxes:
+        train_set = build_dataset(cfg.dataset, cfg.train_split, **kw)
+        return preprocess.BoxedTrainSet(train_set, boxes, preprocess.TrainTransform(cfg.image_size)), eval_set
+    return build_dataset(cfg.dataset, cfg.train_split, transform=preprocess.TrainTransform(cfg.image_size),
+                         **kw), eval_set
 
 
 def make_step_fn(cfg: TNetConfig):

@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
-from core.data import list_datasets
+from core.data import is_idx_folder, list_datasets
 from core.errors import UserError
 
 
@@ -31,7 +31,8 @@ class WSRAMConfig:
     # Data (§5.1)
     dataset: str = "translated-scaled-mnist"
     """§5.1 translated, scaled MNIST, or another made dataset of core.data (e.g. "cluttered-mnist", the
-    cross-paper same-footing task), drawn at `canvas` px with `digit_scale`."""
+    cross-paper same-footing task), drawn at `canvas` px with `digit_scale`; or an MNIST IDX folder
+    (`python -m core.data.prepare mnist`): §5.1 placements of all 60,000 / 10,000 real MNIST digits."""
     canvas: int = 100
     """§5.1: each digit on a 100x100 black background."""
     digit_scale: tuple[float, float] = (0.5, 2.0)
@@ -112,9 +113,10 @@ class WSRAMConfig:
     """Updates between resumable checkpoints."""
 
     def __post_init__(self):
-        if self.dataset not in list_datasets():
-            raise UserError(f"dataset {self.dataset!r} is not a made dataset of core.data "
-                            f"(one of {list_datasets()})")
+        if self.dataset not in list_datasets() and not is_idx_folder(self.dataset):
+            raise UserError(f"dataset {self.dataset!r} is neither a made dataset of core.data "
+                            f"(one of {list_datasets()}) nor an MNIST IDX folder (python -m "
+                            f"core.data.prepare mnist SRC DST)")
         if self.use_q and self.estimator != "wsram":
             raise UserError("use_q=true needs estimator=wsram (the inference network is trained by eq. 14)")
         if self.policy == "random" and (self.use_q or self.control_variates):
@@ -145,13 +147,13 @@ class WSRAMConfig:
 
 _CONFIGS = {
     "paper": WSRAMConfig(),
-    # Same algorithm at CPU scale: narrower layers, 3k updates, 10k training placements, and a 60x60 canvas
+    # Same algorithm at CPU scale: narrower layers, 2.4k updates, 10k training placements, and a 60x60 canvas
     # with 14-42 px digits (at 100x100 no variant, nor the random-glimpse baseline, leaves chance level
     # within a CPU budget; see README.md).
     "cpu": WSRAMConfig(
         name="cpu", canvas=60, digit_scale=(0.5, 1.5), lowres_size=6, train_size=10_000, test_size=1_000,
         glimpse_channels=8, glimpse_hidden=64, hidden=64, q_hidden=64,
-        lr=3e-3, batch_size=32, max_steps=3_000, log_every=250, eval_every=3_000, train_probe_size=500,
+        lr=3e-3, batch_size=32, max_steps=2_400, log_every=300, eval_every=2_400, train_probe_size=500,
         grad_probes=16, checkpoint_every=0),
     "smoke": WSRAMConfig(
         name="smoke", canvas=60, digit_scale=(0.5, 1.5), train_size=64, test_size=32, glimpse_size=8,

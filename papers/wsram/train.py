@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from accelerate import PartialState
 
 from core.cli import main_guard, parse_args
-from core.data import DigitCanvas, build_dataset
+from core.data import DigitCanvas, build_dataset, is_idx_folder
 from core.estimators import (
     effective_sample_size,
     normalized_importance_weights,
@@ -243,8 +243,11 @@ def build_datasets(cfg: WSRAMConfig) -> tuple[DigitCanvas, DigitCanvas]:
     """(train, test) placements of cfg.dataset at cfg.canvas px, images in [0, 1]; both follow the seed
     (test digits are the held-out ones)."""
     data = dict(canvas=cfg.canvas, scale_range=cfg.digit_scale, seed=cfg.seed)
-    return (build_dataset(cfg.dataset, "train", n=cfg.train_size, **data),
-            build_dataset(cfg.dataset, "test", n=cfg.test_size, **data))
+    name = cfg.dataset
+    if is_idx_folder(name):  # real MNIST: §5.1 placements of its 60,000 / 10,000 digits
+        name, data["mnist"] = "translated-scaled-mnist", name
+    return (build_dataset(name, "train", n=cfg.train_size, **data),
+            build_dataset(name, "test", n=cfg.test_size, **data))
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

@@ -1,0 +1,175 @@
+"""The official input pipelines at paper scale: TF's image ops (core.data.tf_image) and each paper's
+pipeline (papers/<paper>/preprocess.py), checked on their distinguishing properties."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from core.data import tf_image
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.mark.parametrize("method", tf_image.RESIZE_METHODS)
+def test_every_resize_method_keeps_a_constant_image_and_the_size(method):
+    out = tf_image.resize(torch.full((3, 37, 50), 0.3), (16, 23), method)
+    assert out.shape == (3, 16, 23) and torch.allclose(out, torch.tensor(0.3), atol=1e-5)
+
+
+def test_resize_matches_tf_conventions():
+    image = torch.rand(3, 40, 60)
+    bilinear = F.interpolate(image[None], size=(20, 24), mode="bilinear", antialias=False)[0]
+    assert torch.allclose(tf_image.resize(image, (20, 24), "bilinear"), bilinear, atol=1e-5)
+    assert torch.allclose(tf_image.resize(image, (20, 30), "area"), F.avg_pool2d(image, 2), atol=1e-5)
+    nearest = F.interpolate(image[None], size=(13, 17), mode="nearest-exact")[0]
+    assert torch.equal(tf_image.resize(image, (13, 17), "nearest"), nearest)
+    # TF1's legacy bicubic samples input pixel i * scale: upsampling x2 keeps every even output pixel.
+    assert torch.allclose(tf_image.resize(image, (80, 120), "legacy_bicubic")[:, ::2, ::2], image, atol=1e-5)
+    methods = {m: tf_image.resize(image, (17, 29), m) for m in tf_image.RESIZE_METHODS}
+    assert len({round(float(v.sum()), 4) for v in methods.values()}) == len(methods)  # eight distinct methods
+
+
+def test_sample_distorted_bounding_box_respects_its_constraints():
+    g = torch.Generator().manual_seed(0)
+    box = [(0.6, 0.7, 0.9, 1.0)]  # the object, in the lower right corner
+    for _ in range(200):
+        top, left, h, w = tf_image.sample_distorted_bounding_box(
+            100, 160, box, min_object_covered=0.5, aspect_ratio_range=(0.5, 2.0), area_range=(0.3, 1.0),
+            max_attempts=50, generator=g)
+        assert 0 <= top and top + h <= 100 and 0 <= left and left + w <= 160
+        if (h, w) == (100, 160):
+            continue  # every attempt failed: the whole image (TF's fallback)
+        assert 0.3 * 16000 <= h * w and 0.5 <= w / h * (1 + 1e-9) and w / h <= 2 * (1 + 1 / h)
+        inter = max(0, min(90, top + h) - max(60, top)) * max(0, min(160, left + w) - max(112, left))
+        assert inter >= 0.5 * 30 * 48
+
+
+def test_hsv_round_trip_and_adjustments():
+    image = torch.rand(3, 8, 8)
+    assert torch.allclose(tf_image.hsv_to_rgb(tf_image.rgb_to_hsv(image)), image, atol=1e-5)
+    assert torch.allclose(tf_image.adjust_hue(image, 1.0), image, atol=1e-5)  # a full turn
+    grey = tf_image.adjust_saturation(image, 0.0)
+    assert torch.allclose(grey, grey.max(0, keepdim=True).values.expand(3, -1, -1), atol=1e-6)  # s = 0: v
+    contrast = tf_image.adjust_contrast(image, 0.0)  # per channel: each channel's mean
+    assert torch.allclose(contrast, image.mean((1, 2), keepdim=True).expand(3, 8, 8), atol=1e-6)
+
+
+# ---- TNet (input_imagenet.py) ----
+
+def test_tnet_colour_schedule_leaves_a_fifth_undistorted(monkeypatch):
+    from papers.tnet import preprocess
+
+    drawn = []
+    original = preprocess.distort_color
+    monkeypatch.setattr(preprocess, "distort_color", lambda x, k: drawn.append(k) or original(x, k))
+    torch.manual_seed(0)
+    transform = preprocess.TrainTransform(8)
+    for _ in range(1000):
+        transform(torch.rand(3, 10, 12))
+    counts = torch.bincount(torch.tensor(drawn), minlength=5).float() / len(drawn)
+    assert counts.shape == (5,) and abs(counts[4] - 0.2) < 0.04 and counts.min() > 0.15
+    image = torch.rand(3, 6, 6)
+    assert torch.equal(original(image, 4), image)  # case 4: untouched
+    torch.manual_seed(1)
+    a = original(image, 0)
+    torch.manual_seed(1)
+    assert not torch.allclose(a, original(image, 3))  # the orders differ
+
+
+def test_tnet_eval_resize_is_not_antialiased():
+    from papers.tnet.preprocess import EvalTransform
+
+    stripes = torch.zeros(3, 90, 90)
+    stripes[..., ::3] = 1.0  # one bright column in three
+    out = (EvalTransform(30)(stripes) + 1) / 2
+    sharp = F.interpolate(stripes[None], size=(30, 30), mode="bilinear", antialias=False)[0]
+    smooth = F.interpolate(stripes[None], size=(30, 30), mode="bilinear", antialias=True)[0]
+    assert torch.allclose(out, sharp, atol=1e-6) and not torch.allclose(out, smooth, atol=0.05)
+
+
+# ---- Saccader (data_provider.py) ----
+
+def test_saccader_eval_is_the_central_224_of_246_crop_resized_bicubically():
+    from papers.saccader.preprocess import MEAN_RGB, STDDEV_RGB, EvalTransform, center_crop_box
+
+    assert center_crop_box(300, 400, 224, 22) == (14, 64, 273)  # int(224/246 * 300), ((H - side) + 1) // 2
+    image = torch.zeros(3, 300, 400)  # zero outside the crop window, MEAN_RGB + STDDEV_RGB inside it
+    window = (torch.tensor(MEAN_RGB) + torch.tensor(STDDEV_RGB))[:, None, None]
+    image[:, 14:14 + 273, 64:64 + 273] = window
+    out = EvalTransform(224)(image)
+    assert out.shape == (3, 224, 224)
+    assert torch.allclose(out, torch.ones(()), atol=1e-5)  # nothing from outside the window
+
+
+def test_saccader_train_standardises_and_flips():
+    from papers.saccader.preprocess import MEAN_RGB, TrainTransform
+
+    torch.manual_seed(0)
+    constant = torch.tensor(MEAN_RGB)[:, None, None].expand(3, 50, 70)
+    assert torch.allclose(TrainTransform(32)(constant), torch.zeros(()), atol=1e-5)  # (x - mean) / std
+    ramp = torch.linspace(0, 1, 64).expand(3, 64, 64)  # brighter to the right
+    slopes = [float(torch.sign(out[0, :, -1].mean() - out[0, :, 0].mean()))
+              for out in (TrainTransform(16)(ramp) for _ in range(200))]
+    assert 60 < slopes.count(-1.0) < 140  # flipped about half the time
+
+
+@pytest.mark.smoke
+def test_saccader_labels_shift_by_one_for_the_background_class(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from papers.saccader.config import get_config
+    from papers.saccader.train import build_datasets
+
+    for c in range(1000):  # ImageNet's 1,000 classes, one tiny image each, in train/ and validation/
+        for split in ("train", "validation"):
+            (tmp_path / split / f"n{c:08d}").mkdir(parents=True)
+            Image.fromarray(np.full((8, 10, 3), c % 256, np.uint8)).save(tmp_path / split / f"n{c:08d}/0.png")
+    cfg = get_config("imagenet")
+    cfg.dataset, cfg.image_size = str(tmp_path), 16
+    train_set, eval_set = build_datasets(cfg)
+    labels = {eval_set[i][1] for i in range(len(eval_set))}
+    assert labels == set(range(1, 1001)) and len(train_set) == 1000  # 0 = background, never a target
+    image, label = eval_set[0]
+    assert image.shape == (3, 16, 16) and label == 1  # class n00000000
+
+
+# ---- BOED (ps-nogs: mea/dataset.py, mea/variational_cnn/loader.py, hq_loader.py) ----
+
+def test_boed_design_and_hard_attention_normalisations_and_flips():
+    from papers.boed.preprocess import DESIGN_MEAN, DESIGN_STD, random_hflip
+    from papers.boed.train import Split
+
+    images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
+    x = images.float() / 255
+    split = Split(images, torch.zeros(4, 1), normalise=True)
+    mean, std = torch.tensor(DESIGN_MEAN)[:, None, None], torch.tensor(DESIGN_STD)[:, None, None]
+    assert torch.allclose(split.images_float(design=True), (x - mean) / std, atol=1e-6)  # g, retrieval, EPE
+    assert torch.allclose(split.images_float(), (x - 0.5) / 0.5)  # the hard-attention network
+    assert torch.equal(Split(images, torch.zeros(4, 1)).images_float(design=True), x)  # CPU proxy: [0, 1]
+    torch.manual_seed(0)
+    ramp = torch.linspace(0, 1, 8).expand(400, 1, 8, 8)
+    flipped = (random_hflip(ramp)[..., 0] > 0.5).all(-1).flatten().float().mean()
+    assert 0.4 < flipped < 0.6
+
+
+def test_tnet_fmow_training_crop_is_constrained_by_the_prepared_boxes(tmp_path, monkeypatch):
+    from core.data.prepare import prepare
+    from papers.tnet.config import get_config
+    from papers.tnet.train import build_datasets
+    from tests.test_prepare import fake_fmow
+
+    fake_fmow(tmp_path / "src")
+    prepare("fmow", tmp_path / "src", tmp_path / "fmow", max_side=100)
+    seen = []
+    original = tf_image.sample_distorted_bounding_box
+    monkeypatch.setattr(tf_image, "sample_distorted_bounding_box", lambda h, w, boxes, **kw: seen.append(
+        [tuple(round(v, 4) for v in b) for b in boxes]) or original(h, w, boxes, **kw))
+    cfg = get_config("fmow")
+    cfg.dataset, cfg.num_classes, cfg.image_size, cfg.base_res = str(tmp_path / "fmow"), 2, 32, 16
+    train_set, eval_set = build_datasets(cfg)
+    image, label = train_set[0]
+    assert image.shape == (3, 32, 32) and label in (0, 1) and eval_set[0][0].shape == (3, 32, 32)
+    assert seen == [[(round(2 / 1200, 4), round(4 / 2400, 4), round(10 / 1200, 4), round(14 / 2400, 4))]]
