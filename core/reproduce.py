@@ -9,8 +9,8 @@ each run's final_metrics.json, aggregates over seeds, evaluates the claims and c
 results/<paper>/<scale>.json. Exit status 0 only if every run succeeded with finite metrics, every metric is
 within tolerance, every required claim holds and every claim has its stored outcome. The spec's [[health]]
 rules (runs = name globs, metric, op, value, text; optional scales) flag each (run, seed) whose metric breaks
-them: a claim resting on a flagged run does not hold and fails the check with a line naming the flag, and
-the stored result lists the flags under "health". A scale checks the
+them: a claim resting on a flagged run does not hold, with a line naming the flag; the stored result lists
+the flags under "health", and a flag raised or cleared unlike stored fails the check. A scale checks the
 spec's claims whose runs it has, or only those its section lists (`claims = [...]`). The smoke scale is a
 wiring check of a few updates per run: it needs no stored results and passes on its own checks. --update
 (after all runs succeeded) stores the new numbers, provenance and per-run logs instead; nothing else ever
@@ -413,11 +413,17 @@ def main(argv: list[str] | None = None) -> int:
     if flags:
         print("\nhealth flags (the claims resting on these runs do not hold)")
         print("\n".join(describe_flag(f) for f in flags))
-    problems += [f"claim {c['id']} rests on a flagged run ({'; '.join(c['flags'])})"
-                 for c in claims if c.get("flags") and not c["required"]]
+    if stored is not None:
+        was = {(f["run"], f["seed"], f["metric"]) for f in stored.get("health", [])}
+        now = {(f["run"], f["seed"], f["metric"]) for f in flags}
+        problems += [f"health flag unlike stored: {describe_flag(f)}" for f in flags
+                     if (f["run"], f["seed"], f["metric"]) not in was]
+        problems += [f"health flag stored but not raised: {run} seed {seed}: {metric}"
+                     for run, seed, metric in sorted(was - now)]
     if unstored:
-        problems += [f"claim {c['id']} does not hold" for c in claims
-                     if not c["holds"] and not c["required"] and not c.get("flags")]
+        problems += [f"claim {c['id']} does not hold" + (f" (flagged: {'; '.join(c['flags'])})"
+                                                         if c.get("flags") else "")
+                     for c in claims if not c["holds"] and not c["required"]]
     required = [f"required claim {c['id']} does not hold" + (f" (flagged: {'; '.join(c['flags'])})"
                                                              if c.get("flags") else "")
                 for c in claims if c["required"] and not c["holds"]]

@@ -406,7 +406,7 @@ def train_wsram(name: str, batch: int | None, device):
 def train_boed(name: str, batch: int | None, device):
     from papers.boed.config import get_config
     from papers.boed.model import build_model, hard_attention_loss
-    from papers.boed.train import members
+    from papers.boed.splits import members
 
     cfg = get_config(name)
     b = batch or cfg.batch_size

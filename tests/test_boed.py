@@ -13,14 +13,25 @@ import pytest
 import torch
 from torch import nn
 
+from core.errors import UserError
 from core.glimpse import lattice_top_left, observation_mask
 from core.metrics import count_multiplications, count_parameters
 from papers.boed.config import CELEBA_ATTRIBUTES, get_config
+from papers.boed.curves import (
+    bootstrap_ratios,
+    curve_stats,
+    iterations_to_level,
+    plateau_sd,
+    pooled_variance,
+    ratios,
+)
 from papers.boed.data import SlotDigits, parse_task
 from papers.boed.design import (
+    Database,
     PosteriorCNN,
     bernoulli_entropy,
     design_sequence,
+    effective_samples,
     expected_posterior_entropy,
     glimpse_hits,
     heuristic_log_probs,
@@ -104,6 +115,17 @@ def test_epe_matches_a_loop_over_samples_and_candidates():
     assert torch.allclose(fast.double(), slow, atol=1e-5)
 
 
+@pytest.mark.unit
+def test_epe_keeps_the_inputs_device_and_dtype():
+    """Masks are built on the image's device (the meta device stands in for CUDA: mixing it with a CPU
+    tensor raises as CUDA would) and the map comes back in the samples' dtype."""
+    samples = torch.zeros(4, 1, 8, 8, dtype=torch.float64, device="meta")
+    weights = torch.full((4,), 0.25, dtype=torch.float64)
+    epe = expected_posterior_entropy(PixelOracle(), samples[0], torch.tensor([[0, 0]]),
+                                     torch.tensor([[0, 0], [4, 4]]), samples, weights, size=3)
+    assert epe.device.type == "meta" and epe.dtype == torch.float64 and epe.shape == (2, 1)
+
+
 def test_bernoulli_entropy_is_stable_and_exact():
     logits = torch.tensor([-1000.0, -2.0, 0.0, 3.0, 1000.0])
     p = torch.sigmoid(logits[1:4])
@@ -123,6 +145,29 @@ def test_retrieval_weights_favour_agreement_and_prior_is_uniform():
     assert log_w.argmax().item() == 3 and log_w[3].item() == pytest.approx(0.0)
     assert torch.equal(retrieval_log_weights(database, image, torch.zeros(0, 2, dtype=torch.long), 4, 1.0),
                        torch.zeros(6))
+
+
+@pytest.mark.unit
+def test_database_chunks_shifts_and_flips_and_the_design_logs_sample_diversity():
+    images = torch.randint(1, 256, (3, 1, 6, 6), dtype=torch.uint8)
+    plain = Database(images, lambda x: x.float() / 255, chunk=2)
+    assert len(plain) == 3 and torch.equal(plain.get(torch.tensor([2, 0])), images[[2, 0]].float() / 255)
+    db = Database(images, lambda x: x.float() / 255, chunk=2, shift=1, flip=True)
+    assert len(db) == 3 * 9 * 2
+    v = db.variants.index((1, 0, False))  # moved down one pixel, the top row filled with pixel 0
+    moved = db.get(torch.tensor([v * 3 + 1]))[0, 0]
+    assert torch.equal(moved[1:], images[1, 0, :-1].float() / 255) and (moved[0] == 0).all()
+    v = db.variants.index((0, 0, True))
+    assert torch.equal(db.get(torch.tensor([v * 3])), images[:1].float().flip(-1) / 255)
+    image, observed = images[1].float() / 255, torch.tensor([[0, 0]])
+    every = db.get(torch.arange(len(db)))
+    assert torch.allclose(db.log_weights(image, observed, 3, 0.5),
+                          retrieval_log_weights(every, image, observed, 3, 0.5))
+    log = []
+    design_sequence(PixelOracle(), image, db, 0, torch.tensor([[0, 0], [3, 3]]), 3, 3, 8, (1.0, 1.0),
+                    generator=torch.Generator().manual_seed(0), log=log)
+    assert [r["t"] for r in log] == [0, 1, 2] and all(1 <= r["distinct"] <= 8 and r["ess"] >= 1 for r in log)
+    assert effective_samples(torch.tensor([0.0, 0.0, -1e9])) == pytest.approx(2.0)
 
 
 def test_sample_images_counts_are_an_n_sample_average():
@@ -292,6 +337,38 @@ def test_adaptive_stopping_sweep():
 
 
 # ---------------------------------------------------------------------------------------------------
+# Fig. 5 curve statistics
+
+
+@pytest.mark.unit
+def test_curve_stats_count_plateau_noise_truncation_and_levels():
+    steps = list(range(0, 1001, 100))
+    fast = [0.5, 0.8, 0.9, 0.91, 0.9, 0.91, 0.9, 0.91, 0.9, 0.91, 0.9]  # plateau from step 300
+    slow = [0.5, 0.5, 0.6, 0.6, 0.7, 0.7, 0.8, 0.8, 0.85, 0.88, 0.9]  # still rising at the end
+    rows = curve_stats({0: (steps, fast), 1: (steps, slow)}, 0.01, 1000, (0.85, 0.95))
+    assert rows[0]["iters"] == 200 and rows[0]["late"] == 0.0 and rows[0]["to_0.85"] == 200
+    assert rows[0]["plateau_sd"] == pytest.approx(0.005, abs=1e-9)  # alternating 0.91, 0.90 from step 500
+    assert rows[1]["iters"] == 1000 and rows[1]["late"] == 1.0  # truncated: best at the last point
+    assert rows[1]["to_0.85"] == 800 and rows[1]["to_0.95"] is None
+    assert iterations_to_level([0.1, 0.2], [0, 5], 0.2) == 5 and plateau_sd([0.3], [9], 0) == 0.0
+
+
+@pytest.mark.unit
+def test_variance_is_over_replicates_within_tasks_with_bootstrap_intervals():
+    partial = {0: [100.0, 110.0, 90.0], 1: [300.0, 310.0, 290.0]}  # tasks differ, replicates agree
+    unsup = {0: [200.0, 400.0, 300.0], 1: [600.0, 400.0, 500.0]}
+    assert pooled_variance(partial) == pytest.approx(100.0)  # the task difference does not count
+    mean_ratio, var_ratio = ratios(partial, unsup)
+    assert mean_ratio == pytest.approx(2.0) and var_ratio == pytest.approx(100.0)
+    ci = bootstrap_ratios(partial, unsup, draws=300, seed=0)
+    assert ci["iters_ratio_lo"] <= mean_ratio <= ci["iters_ratio_hi"]
+    assert ci["iters_ratio_lo"] < ci["iters_ratio_hi"]
+    assert ci["iters_var_ratio_lo"] <= ci["iters_var_ratio_hi"]
+    same = bootstrap_ratios({0: [5.0, 5.0]}, {0: [10.0, 10.0]}, draws=20)
+    assert same["iters_ratio_lo"] == same["iters_ratio_hi"] == pytest.approx(2.0)
+
+
+# ---------------------------------------------------------------------------------------------------
 # Low-power CNNs, data, configs
 
 
@@ -376,10 +453,11 @@ def test_smoke_runs_write_metrics_sequences_and_figures(tmp_path):
 
 def test_real_dataset_path_reads_a_local_imagefolder(tmp_path):
     """The paper-scale data path (core.data.build_dataset on a folder, one label column per task, the
-    official consecutive train / val / test ranges, database = training images outside the design set)."""
+    official consecutive train / val / test ranges; without a database, the images after the design set are
+    the database and g trains only on the rest, so the two are disjoint)."""
     from PIL import Image
 
-    from papers.boed.train import load_data
+    from papers.boed.splits import check_database, load_data, posterior_range
 
     rng = torch.Generator().manual_seed(0)
     for i in range(10):
@@ -389,11 +467,17 @@ def test_real_dataset_path_reads_a_local_imagefolder(tmp_path):
         Image.fromarray(pixels).save(folder / f"{i}.png")
     cfg = dataclasses.replace(get_config("smoke"), dataset=str(tmp_path / "faces"), tasks=("label",),
                               image_size=16, channels=3, glimpse_size=4, lattice=3, train_size=6,
-                              design_size=2, sequences_per_task=2, val_size=2, test_size=2, database_size=100)
+                              design_size=2, sequences_per_task=2, val_size=2, test_size=2, database_size=3)
     data = load_data(cfg)
     assert data["train"].images.shape == (6, 3, 16, 16) and data["test"].images.shape == (2, 3, 16, 16)
-    assert data["database"].images.shape == (4, 3, 16, 16)  # training images 2..5
-    assert torch.equal(data["database"].images, data["train"].images[2:])
+    assert data["database"].images.shape == (3, 3, 16, 16)  # training images 2..4
+    assert torch.equal(data["database"].images, data["train"].images[2:5])
+    assert posterior_range(cfg) == (5, 6)  # g trains on image 5 only
+    with pytest.raises(UserError, match="no training image left"):
+        load_data(dataclasses.replace(cfg, database_size=4))
+    with pytest.raises(UserError, match="GB as uint8"):
+        check_database(dataclasses.replace(get_config("celeba-hq"), database="gan-samples",
+                                           database_size=10**8))  # 15 TB
     assert set(data["train"].labels.flatten().tolist()) <= {0.0, 1.0}
     x = data["val"].images_float()
     assert x.min() >= -1 and x.max() <= 1 and x.min() < 0  # official normalisation to [-1, 1]

@@ -55,9 +55,12 @@ def test_micro_batch_divides_the_global_batch_or_refuses():
         micro_batch(6, 4)
 
 
-def _train_module(paper: Paper):
-    """The module whose `train` (core.train.train) the paper's main calls."""
-    return sys.modules[paper.main.__module__]
+def _patch_train(monkeypatch, paper: Paper, stand_in) -> None:
+    """Replace core.train.train in every module of the paper's package that calls it."""
+    package = paper.main.__module__.rsplit(".", 1)[0] + "."
+    for name, module in list(sys.modules.items()):
+        if name.startswith(package) and getattr(module, "train", None) is core_train.train:
+            monkeypatch.setattr(module, "train", stand_in)
 
 
 def _kill(real_train, after_first_checkpoint: bool):
@@ -79,7 +82,7 @@ def test_rerun_with_another_config_is_refused_after_a_kill(name, after_first_che
     paper = PAPERS[name]
     out = tmp_path / "run"
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    monkeypatch.setattr(_train_module(paper), "train", _kill(core_train.train, after_first_checkpoint))
+    _patch_train(monkeypatch, paper, _kill(core_train.train, after_first_checkpoint))
     argv = ["--config", "smoke", "--output-dir", str(out)]
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         paper.main(argv)
@@ -97,12 +100,9 @@ def test_rerun_with_another_config_is_refused_after_a_kill(name, after_first_che
 @pytest.mark.smoke
 @pytest.mark.parametrize("world", [1, 2])
 @pytest.mark.parametrize("name", NAMES)
-def test_batch_size_is_images_per_update_across_processes(name, world, tmp_path, monkeypatch, request):
+def test_batch_size_is_images_per_update_across_processes(name, world, tmp_path, monkeypatch):
     """What each process's loop is given, with the launcher's world size stubbed (no processes started):
     micro-batch x processes x accumulation = the config's batch_size."""
-    if name == "boed" and world > 1:
-        request.applymarker(pytest.mark.xfail(reason="BOED passes batch_size per process (issue 19; its "
-                                                     "train.py is being reworked on the boed branch)"))
     paper = PAPERS[name]
     seen = []
 
@@ -112,7 +112,7 @@ def test_batch_size_is_images_per_update_across_processes(name, world, tmp_path,
 
     monkeypatch.setenv("TQDM_DISABLE", "1")
     monkeypatch.setattr(core.runs, "world_size", lambda: world)
-    monkeypatch.setattr(_train_module(paper), "train", record)
+    _patch_train(monkeypatch, paper, record)
     with pytest.raises((KeyboardInterrupt, SystemExit)):
         paper.main(["--config", "smoke", "--output-dir", str(tmp_path / "run")])
     loop = seen[0]

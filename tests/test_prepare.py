@@ -277,7 +277,7 @@ def test_boed_celeba_hq_paper_config_trains_on_a_prepared_fake(tmp_path):
     metrics = _train("boed", "celeba-hq", tmp_path / "run", [
         f"dataset={tmp_path / 'celeba'}", "tasks=Smiling,Male", "image_size=32", "lattice=5",
         "sequences_per_task=2", "design_size=4", "train_size=10", "val_size=2", "test_size=4",
-        "database_size=6", "num_samples=4", "posterior_steps=1", "posterior_batch_size=4", "max_steps=1",
+        "database_size=2", "num_samples=4", "posterior_steps=1", "posterior_batch_size=4", "max_steps=1",
         "batch_size=4", "eval_every=1", "replicates=1", "heatmap_images=2", "num_workers=0",
         "checkpoint_every=0", "log_every=1"])
     assert metrics

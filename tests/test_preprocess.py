@@ -140,7 +140,7 @@ def test_saccader_labels_shift_by_one_for_the_background_class(tmp_path):
 
 def test_boed_design_and_hard_attention_normalisations_and_flips():
     from papers.boed.preprocess import DESIGN_MEAN, DESIGN_STD, random_hflip
-    from papers.boed.train import Split
+    from papers.boed.splits import Split
 
     images = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
     x = images.float() / 255

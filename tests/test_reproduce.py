@@ -346,9 +346,16 @@ def test_a_flagged_run_fails_the_claims_resting_on_it(tmp_path, capsys):
     assert flagged["high_beats_low"]["holds"] is False and flagged["high_beats_low"]["flags"] == [line]
     assert flagged["low_beats_chance"]["holds"] is True and "flags" not in flagged["low_beats_chance"]
     capsys.readouterr()
-    assert _run(spec, tmp_path) == 1  # as stored, yet a claim on a flagged run never passes
+    assert _run(spec, tmp_path) == 0  # reproduces the stored outcome, and says why the claim fails
     out = capsys.readouterr().out
-    assert f"FAIL: claim high_beats_low rests on a flagged run ({line})" in out and "flagged run" in out
+    assert f"health flags (the claims resting on these runs do not hold)\n{line}" in out
+    assert "flagged run" in out  # the claim table's outcome
+
+    unflagged = load_result(tmp_path / "results" / "fake" / "cpu.json")
+    unflagged["health"] = []
+    save_result(tmp_path / "results" / "fake" / "cpu.json", unflagged)
+    assert _run(spec, tmp_path) == 1  # a flag the stored result lacks (a run collapsed here) fails
+    assert f"health flag unlike stored: {line}" in capsys.readouterr().out
 
     spec.write_text(base + HEALTH.format(runs='["hi*"]', metric="acc", value=0.7))  # healthy
     assert _run(spec, tmp_path, "--update") == 0

@@ -182,6 +182,8 @@ def test_normalized_l2_divides_by_the_regularised_values_and_includes_the_cell_v
     count = sum(p.numel() for p in location["params"])
     assert location["weight_decay"] == pytest.approx(2 * cfg.l2_location / count)
     assert not any(p is model.mix.bias for p in location["params"])
+    decays = {g["weight_decay"] for g in make_optimizer(cfg, model, "representation").param_groups}
+    assert decays == {cfg.l2, 0.0}  # eq. 4's BagNet keeps plain weight decay
     groups = make_optimizer(dataclasses.replace(cfg, l2_form="sum"), model, "policy").param_groups
     assert next(g for g in groups if any(p is model.cell.a for p in g["params"]))["weight_decay"] == 0.0
 

@@ -50,6 +50,16 @@ def rollout_dataset(model: HardAttentionNet, images: torch.Tensor, labels: torch
     return {k: torch.cat(v) for k, v in parts.items()}
 
 
+def evaluation_repeat_sd(model: HardAttentionNet, images: torch.Tensor, labels: torch.Tensor, repeats: int,
+                         samples: int, seed: int) -> torch.Tensor:
+    """(E,) SD of a member's accuracy over `repeats` evaluations of the same parameters with fresh glimpse
+    samples (`samples` per image each): the measurement noise of one point of a Fig. 5 curve; training's
+    drift between points comes on top of it."""
+    accs = [rollout_dataset(model, images, labels, seed=seed + 1 + r, samples=samples)["correct"][..., -1]
+            .mean(0) for r in range(repeats)]
+    return torch.stack(accs).std(0) if repeats > 1 else torch.zeros(labels.shape[1])
+
+
 def location_counts(indices: torch.Tensor, num_locations: int) -> torch.Tensor:
     """(E, T, L) how often each member attended each lattice location at each step (Fig. 6 heatmaps)."""
     N, E, T = indices.shape
@@ -121,7 +131,7 @@ def attention_mults(cfg: BOEDConfig, adaptive: bool) -> tuple[int, int]:
 
 
 def evaluate_run(run_dir: Path, split: str, batch_size: int) -> dict[str, float]:
-    from papers.boed.train import load_data, members  # the data and member layout of train.py
+    from papers.boed.splits import load_data, members  # the data and member layout of train.py
 
     cfg = load_config(run_dir, BOEDConfig)
     adaptive = cfg.experiment == "flops"

@@ -76,8 +76,7 @@ class MaxPool2(nn.Module):
     """2x2 max pooling as a reshape (cheaper than nn.MaxPool2d for tiny maps on CPU)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, C, H, W = x.shape
-        return x.view(B, C, H // 2, 2, W // 2, 2).amax((3, 5))
+        return F.max_pool2d(x, 2)
 
 
 def conv_bn_relu6(cin: int, cout: int, stride: int, members: int) -> nn.Sequential:
@@ -112,7 +111,9 @@ class GlimpseNet(nn.Module):
     def forward(self, glimpses: torch.Tensor) -> torch.Tensor:
         """(B, E, C, g, g) -> (B, E, out)."""
         B = glimpses.shape[0]
-        return self.fc(self.convs(glimpses.flatten(1, 2)).view(B, self.members, self.flat))
+        # channels_last: the grouped (per-member) convs run 2-4x faster on CPU than in NCHW
+        x = self.convs(glimpses.flatten(1, 2).contiguous(memory_format=torch.channels_last))
+        return self.fc(x.reshape(B, self.members, self.flat))
 
 
 class HardAttentionNet(nn.Module):

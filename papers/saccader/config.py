@@ -134,9 +134,11 @@ class SaccaderConfig:
     l2: float = 8e-5
     """lambda of eqs. 4, 6, 7, L2 on the classification weights (Tables Supp.2, 4, 5)."""
     l2_form: Literal["normalized", "sum"] = "normalized"
-    """Form of every L2 term. "normalized" (official `losses.normalized_l2_loss`): lambda x sum of squares /
-    number of regularised values, over every weight but biases and BN, the cell's vector `a` included;
-    "sum": the papers' lambda/2 sum of squares over kernels only (plain SGD weight decay lambda)."""
+    """Form of the L2 terms of eqs. 5-6 and DRAM's losses. "normalized" (official
+    `losses.normalized_l2_loss`): lambda x sum of squares / number of regularised values, over every
+    weight but biases and BN, the cell's vector `a` included; "sum": the paper's lambda/2 sum of squares
+    over kernels only (plain SGD weight decay lambda). Eq. 4's BagNet and the separately trained
+    classifiers always use "sum"."""
     location_loss: Literal["mean", "sum"] = "mean"
     """Eq. 5 over the T glimpses: "mean" (official `losses.saccader_pretraining_loss`: one cross-entropy
     averaged over glimpses and images) or "sum" (the paper's -log prod_t, i.e. T x the mean)."""

@@ -194,14 +194,17 @@ def make_optimizer(cfg: SaccaderConfig, model, stage: str) -> torch.optim.Optimi
     unregularised = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
                      for p in m.parameters()}
     unregularised |= {id(p) for name, p in model.named_parameters() if name.endswith("bias")}
+    # The official normalised L2 belongs to Saccader's and DRAM's losses (losses.py); the separately
+    # trained CNNs (eq. 4's BagNet, the occlusion and patch classifiers) keep plain weight decay.
+    form = cfg.l2_form if stage in ("location", "policy") or cfg.model == "dram" else "sum"
     param_groups = []
     for params, decay in groups:
-        if cfg.l2_form == "sum":
+        if form == "sum":
             decayed = [p for p in params if p.ndim > 1]
         else:  # the cell's vector `a` is a dense kernel officially, so it is decayed too
             decayed = [p for p in params if id(p) not in unregularised]
         count = sum(p.numel() for p in decayed)
-        if cfg.l2_form == "normalized" and count:
+        if form == "normalized" and count:
             decay = 2 * decay / count
         kept = {id(p) for p in decayed}
         param_groups += [{"params": decayed, "weight_decay": decay},

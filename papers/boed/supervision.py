@@ -1,0 +1,208 @@
+"""experiment=supervision (§4-§5, Figs. 5 and 6): hard-attention nets trained with and without the designed
+sequences side by side, and the Fig. 5 / Fig. 6 statistics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from accelerate import PartialState
+
+from core.train import train
+from papers.boed.config import BOEDConfig
+from papers.boed.curves import bootstrap_ratios, curve_stats, pooled_variance, ratios
+from papers.boed.design import (
+    glimpse_hits,
+)
+from papers.boed.design_phase import design_all, design_metrics, first_step_epe, train_posterior
+from papers.boed.evaluate import (
+    attention_mults,
+    evaluation_repeat_sd,
+    glimpse_coverage,
+    hit_rates,
+    location_counts,
+    marginal_entropy,
+    rollout_dataset,
+)
+from papers.boed.model import build_model, hard_attention_loss
+from papers.boed.splits import Indexed, Split, loop_config, members, read_log
+
+
+class Supervision:
+    """Glimpse locations forced on some (example, member) pairs: designed sequences (§4, on the design images
+    of "partial" members) or heuristic draws from the first-step EPE map (§5, on a random `fraction` of the
+    examples). Called with the batch's dataset indices, returns (forced (B, E, T) lattice indices,
+    force (B, E))."""
+
+    def __init__(self, tasks: list[int], num_glimpses: int, sequences: torch.Tensor | None = None,
+                 has_sequence: torch.Tensor | None = None, supervised: list[bool] | None = None,
+                 heuristic: torch.Tensor | None = None, fraction: float = 1.0):
+        self.tasks = torch.tensor(tasks)
+        self.T = num_glimpses
+        self.sequences, self.has_sequence = sequences, has_sequence  # (N, K, T), (N, K)
+        self.supervised = torch.tensor(supervised if supervised is not None else [True] * len(tasks))
+        self.heuristic, self.fraction = heuristic, fraction  # (K, L) log-probabilities
+
+    def __call__(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, E = len(index), len(self.tasks)
+        if self.sequences is not None:
+            idx = index.cpu()
+            force = self.has_sequence[idx][:, self.tasks] & self.supervised
+            return self.sequences[idx][:, self.tasks].to(index.device), force.to(index.device)
+        probs = self.heuristic[self.tasks].exp()  # (E, L)
+        draws = torch.multinomial(probs.repeat(B, 1), self.T, replacement=True).view(B, E, self.T)
+        force = (torch.rand(B, E) < self.fraction) & self.supervised
+        return draws.to(index.device), force.to(index.device)
+
+
+def train_attention(cfg: BOEDConfig, data: dict[str, Split], out: Path, tasks: list[int],
+                    supervision: Supervision | None, adaptive: bool = False):
+    """One core.train run of len(tasks) member networks (member e learns task tasks[e]); returns the model
+    and the validation-accuracy curves {member: (steps, accuracies)}."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, members=len(tasks), adaptive=adaptive)
+    task_index = torch.tensor(tasks)
+
+    def step_fn(model, batch, step):
+        images, labels, index = batch
+        y = labels[:, task_index.to(labels.device)].long()
+        forced = force = None
+        if supervision is not None:
+            forced, force = supervision(index)
+        if cfg.hflip:  # official: random flips of images without a supervision sequence
+            flip = torch.rand(len(images), device=images.device) < 0.5
+            if force is not None:
+                flip &= ~force.any(1)
+            images = torch.where(flip[:, None, None, None], images.flip(-1), images)
+        if force is None:
+            force = torch.zeros_like(y, dtype=torch.bool)
+        loss, stats = hard_attention_loss(model(images, forced, force), y, force, cfg.supervision_weight)
+        stats["supervised_frac"] = force.float().mean().item()
+        return loss, stats
+
+    def eval_fn(model, batch):  # accuracy averaged over eval_samples sampled glimpse sequences per image
+        images, labels, _ = batch
+        M = cfg.eval_samples
+        logits = model(images.repeat(M, 1, 1, 1))["logits"][..., -1, :]
+        y = labels[:, task_index.to(labels.device)].long().repeat(M, 1)
+        correct = (logits.argmax(-1) == y).float().view(M, len(images), -1).mean(0)
+        return {f"acc_m{e}": correct[:, e] for e in range(len(tasks))}
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    train(loop_config(cfg, out, cfg.max_steps, cfg.batch_size, cfg.eval_every), model, optimizer,
+          Indexed(data["train"]), step_fn, Indexed(data["val"]), eval_fn)
+    rows = read_log(out / "metrics.jsonl")
+    curves = {}
+    for e in range(len(tasks)):
+        pts = [(r["step"], r[f"eval/acc_m{e}"]) for r in rows if f"eval/acc_m{e}" in r]
+        curves[e] = ([p[0] for p in pts], [p[1] for p in pts])
+    return model, curves
+
+
+
+def summarize_attention(cfg: BOEDConfig, model, curves, data: dict[str, Split],
+                        layout: list[tuple[str, int]]) -> tuple[dict, dict]:
+    """Per condition: Fig. 5 iteration counts (and their spread over replicates), test accuracy, cost and the
+    Fig. 6 glimpse statistics; then the partial / unsupervised comparison."""
+    test = data["test"]
+    tasks = [k for _, k in layout]
+    out = rollout_dataset(model, test.images_float(), test.labels[:, tasks].long(), seed=cfg.seed,
+                          samples=cfg.eval_samples)
+    n = min(cfg.heatmap_images, len(test.images))
+    counts = location_counts(out["indices"][:n], len(model.lattice))  # (E, T, L)
+    entropy = marginal_entropy(counts)  # (E, T)
+    lattice = model.lattice.cpu()
+    hits = None if test.boxes is None else hit_rates(out["indices"], lattice, cfg.glimpse_size,
+                                                     [test.boxes[k] for k in tasks])
+    stats = curve_stats(curves, cfg.convergence_eps, cfg.max_steps, cfg.accuracy_levels)
+    iters = [int(r["iters"]) for r in stats]
+    val = data["val"]
+    repeat_sd = evaluation_repeat_sd(model, val.images_float(), val.labels[:, tasks].long(), cfg.eval_repeats,
+                                     cfg.eval_samples, cfg.seed)
+    per_glimpse, classifier = attention_mults(cfg, adaptive=False)
+    m, counts_by = {}, {}
+    for cond in cfg.conditions:
+        sel = [e for e, (c, _) in enumerate(layout) if c == cond]
+        p = f"{cond}_"
+        m[p + "accuracy"] = out["correct"][:, sel, -1].mean().item()
+        m[p + "best_val_acc"] = sum(max(curves[e][1]) for e in sel) / len(sel)
+        m[p + "iters_mean"] = sum(iters[e] for e in sel) / len(sel)
+        m[p + "coverage"] = glimpse_coverage(out["indices"][:n, sel], lattice, cfg.glimpse_size,
+                                             (cfg.image_size, cfg.image_size))
+        by_task = counts_by[cond] = {k: [float(iters[e]) for e in sel if layout[e][1] == k]
+                                     for k in range(len(cfg.tasks))}
+        for k, reps in by_task.items():
+            m[p + f"iters_task{k}"] = sum(reps) / len(reps)
+            of_task = [e for e in sel if layout[e][1] == k]
+            m[p + f"accuracy_task{k}"] = out["correct"][:, of_task, -1].mean().item()
+        if cfg.replicates > 1:  # §5's "variance": over replicate nets of a task, averaged over tasks
+            m[p + "iters_var"] = pooled_variance(by_task)
+        m[p + "iters_var_all_nets"] = torch.tensor([float(iters[e]) for e in sel]).var().item()
+        m[p + "plateau_sd"] = sum(stats[e]["plateau_sd"] for e in sel) / len(sel)
+        m[p + "plateau_sd_max"] = max(stats[e]["plateau_sd"] for e in sel)
+        m[p + "eval_repeat_sd"] = repeat_sd[sel].mean().item()
+        m[p + "late_count_frac"] = sum(stats[e]["late"] for e in sel) / len(sel)
+        for lv in cfg.accuracy_levels:  # secondary: never reached counts as max_steps (a lower bound)
+            reached = [stats[e][f"to_{lv:g}"] for e in sel]
+            m[p + f"steps_to_{lv:g}"] = sum(cfg.max_steps if r is None else r for r in reached) / len(sel)
+            m[p + f"never_{lv:g}_frac"] = sum(r is None for r in reached) / len(sel)
+        m[p + "policy_entropy_t1"] = entropy[sel, 0].mean().item()
+        m[p + "policy_entropy_later"] = entropy[sel, 1:].mean().item()
+        if hits is not None:
+            chance = torch.stack([glimpse_hits(lattice, cfg.glimpse_size, test.boxes[tasks[e]]).float().mean()
+                                  for e in sel])
+            m[p + "policy_hit_t1"] = hits[sel, 0].mean().item()
+            m[p + "policy_hit_t1_over_chance"] = (hits[sel, 0] / chance).mean().item()
+            m[p + "policy_hit_later"] = hits[sel, 1:].mean().item()
+    main_cond = "partial" if "partial" in cfg.conditions else cfg.conditions[0]
+    m.update(accuracy=m[main_cond + "_accuracy"], coverage=m[main_cond + "_coverage"],
+             glimpses=float(cfg.num_glimpses), mults=float(cfg.num_glimpses * per_glimpse + classifier),
+             majority_acc=sum(max(q, 1 - q) for q in test.labels.mean(0).tolist()) / len(cfg.tasks),
+             plateau_sd=sum(r["plateau_sd"] for r in stats) / len(stats),
+             eval_repeat_sd=repeat_sd.mean().item(),
+             late_count_frac=sum(r["late"] for r in stats) / len(stats))
+    if {"partial", "unsupervised"} <= set(cfg.conditions):
+        m["iters_ratio"], var_ratio = ratios(counts_by["partial"], counts_by["unsupervised"])
+        m["accuracy_gain"] = m["partial_accuracy"] - m["unsupervised_accuracy"]
+        if cfg.replicates > 1:
+            m["iters_var_ratio"] = var_ratio
+            m.update(bootstrap_ratios(counts_by["partial"], counts_by["unsupervised"], cfg.bootstrap_draws,
+                                      cfg.seed))
+        m["iters_var_all_nets_ratio"] = (m["unsupervised_iters_var_all_nets"]
+                                         / max(m["partial_iters_var_all_nets"], 1.0))
+        for lv in cfg.accuracy_levels:
+            m[f"steps_to_{lv:g}_ratio"] = (m[f"unsupervised_steps_to_{lv:g}"]
+                                           / max(m[f"partial_steps_to_{lv:g}"], 1.0))
+    figure = {"members": layout, "iters": iters, "curves": {str(e): curves[e] for e in curves},
+              "curve_stats": stats,
+              "location_counts": counts.tolist()}
+    return m, figure
+
+
+
+def run_supervision(cfg: BOEDConfig, data: dict[str, Split], out: Path, state: PartialState):
+    layout = members(cfg)
+    tasks = [k for _, k in layout]
+    m, figure, supervision = {}, {}, None
+    if "partial" in cfg.conditions:
+        g = train_posterior(cfg, data, out / "posterior")
+        start = time.perf_counter()
+        epe0 = first_step_epe(cfg, g.to(state.device), data, state.device)
+        sequences, retrieval = design_all(cfg, g, data, epe0, out, state)  # (n, K, T)
+        figure["design_seconds"] = time.perf_counter() - start
+        figure["design_retrieval"] = retrieval
+        for t, distinct, ess in zip(retrieval["steps"], retrieval["distinct"], retrieval["ess"], strict=True):
+            m[f"design_distinct_t{t + 1}"], m[f"design_ess_t{t + 1}"] = distinct, ess
+        m.update(design_metrics(cfg, g.cpu(), data, epe0, sequences))
+        figure.update(epe_first=epe0.tolist(), sequences=sequences[:50].tolist())
+        n = cfg.sequences_per_task
+        has = torch.zeros(cfg.train_size, len(cfg.tasks), dtype=torch.bool)
+        has[:n] = True
+        table = torch.zeros(cfg.train_size, len(cfg.tasks), cfg.num_glimpses, dtype=torch.long)
+        table[:n] = sequences
+        supervision = Supervision(tasks, cfg.num_glimpses, sequences=table, has_sequence=has,
+                                  supervised=[c == "partial" for c, _ in layout])
+    model, curves = train_attention(cfg, data, out / "attention", tasks, supervision)
+    att, fig = summarize_attention(cfg, model, curves, data, layout)
+    return m | att, figure | fig
