@@ -10,7 +10,6 @@ stderr and exit code 2; set HA_DEBUG=1 to see tracebacks of UserErrors raised la
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 import types
@@ -22,7 +21,7 @@ from typing import NoReturn
 import torch.distributed as dist
 
 from core.errors import UserError
-from core.results import save_result
+from core.runs import check_resumable, save_config  # noqa: F401 (save_config: the name papers imported here)
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -160,36 +159,6 @@ def parse_args(get_config: Callable[[str], object], argv: list[str] | None = Non
     except ValueError as e:  # UserError, or a config's own __post_init__ validation
         fail(str(e))
     return cfg, args
-
-
-def check_resumable(cfg, output_dir: str | Path) -> None:
-    """An output directory is resumed, so it must hold a run of this very config (or none): resuming
-    another config's checkpoint would mix two runs into one result. Only the location may differ."""
-    path = Path(output_dir) / "config.json"
-    if not path.exists():
-        return
-    try:
-        stored = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise UserError(f"{path} is unreadable ({e}); use another --output-dir") from None
-    current = config_to_dict(cfg)
-    differ = sorted(k for k in stored.keys() | current.keys()
-                    if k != "output_dir" and stored.get(k) != current.get(k))  # a moved run is the same run
-    if differ:
-        raise UserError(f"{output_dir} holds a run of another config (differs in {', '.join(differ)}); "
-                        "resume with the same config or use another --output-dir")
-
-
-def config_to_dict(cfg) -> dict:
-    """The config as plain JSON-able data (tuples become lists, paths strings)."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-
-
-def save_config(cfg, output_dir: str | Path) -> Path:
-    """Write <output_dir>/config.json (the resolved config; the reproduction runner records it)."""
-    path = Path(output_dir) / "config.json"
-    save_result(path, config_to_dict(cfg))
-    return path
 
 
 def main_guard(fn: Callable, *args, **kwargs):

@@ -23,6 +23,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from core.errors import UserError
 
 __all__ = [
+    "correct",
     "accuracy",
     "count_parameters",
     "count_multiplications",
@@ -34,16 +35,24 @@ __all__ = [
 ]
 
 
+def correct(logits: torch.Tensor, targets: torch.Tensor, k: int = 1) -> torch.Tensor:
+    """Per-example accuracy, what core.train's eval_fn returns: 1.0 where the target is the highest logit
+    (k = 1, argmax's tie-breaking) or among the k highest, else 0.0. logits (..., classes), targets (...)."""
+    if targets.shape != logits.shape[:-1]:
+        raise UserError(f"accuracy expects logits (..., classes) and targets (...), got "
+                        f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+    if k > logits.shape[-1]:
+        raise UserError(f"top-{k} accuracy needs at least {k} classes, got {logits.shape[-1]}")
+    if k == 1:
+        return (logits.argmax(-1) == targets).float()
+    return (logits.topk(k, -1).indices == targets[..., None]).any(-1).float()
+
+
 def accuracy(logits: torch.Tensor, targets: torch.Tensor, topk: Sequence[int] = (1,)) -> list[float]:
     """Fraction of rows whose target is among the k highest logits, one float per k in `topk`."""
-    if logits.ndim != 2 or targets.shape != logits.shape[:1]:
-        raise UserError(f"accuracy expects logits (B, classes) and targets (B,), got "
-                        f"{tuple(logits.shape)} and {tuple(targets.shape)}")
-    if max(topk) > logits.shape[1]:
-        raise UserError(f"top-{max(topk)} accuracy needs at least {max(topk)} classes, got {logits.shape[1]}")
-    top = logits.topk(max(topk), dim=1).indices
-    hits = top == targets[:, None]
-    return [hits[:, :k].any(dim=1).float().mean().item() for k in topk]
+    if logits.ndim != 2:
+        raise UserError(f"accuracy expects logits (B, classes), got {tuple(logits.shape)}")
+    return [correct(logits, targets, k).mean().item() for k in topk]
 
 
 def count_parameters(model: nn.Module, include_bn_stats: bool = True,

@@ -26,9 +26,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -46,6 +43,7 @@ from core.results import (
     provenance,
     save_result,
 )
+from core.runs import config_from_dict
 from papers.saccader.config import SaccaderConfig
 from papers.saccader.config import get_config as saccader_config
 from papers.saccader.model import build_model as build_saccader
@@ -148,9 +146,9 @@ def measure_paper() -> dict[str, float]:
 
 
 def _config(cls, resolved: dict):
-    """The dataclass config a stored run resolved to (JSON lists back to tuples)."""
+    """The dataclass config a stored run resolved to (fields the config has since dropped are ignored)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in resolved.items() if k in names})
+    return config_from_dict(cls, {k: v for k, v in resolved.items() if k in names})
 
 
 def _saccader_mults(resolved: dict) -> int:

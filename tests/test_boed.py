@@ -411,6 +411,7 @@ def test_configs_cite_the_paper_setting():
         get_config("nope")
 
 
+@pytest.mark.smoke  # runs the CLI in a subprocess: seconds
 def test_cli_rejects_bad_input_in_one_line():
     proc = subprocess.run([sys.executable, "papers/boed/train.py", "--config", "smoke", "--set", "lattice=x"],
                           cwd=ROOT, capture_output=True, text=True)

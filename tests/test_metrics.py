@@ -14,6 +14,7 @@ from core.metrics import (
     GradientVariance,
     _device_of,
     accuracy,
+    correct,
     count_multiplications,
     count_parameters,
     iterations_to_within,
@@ -77,6 +78,16 @@ def test_accuracy_top1_top5_by_hand():
         accuracy(logits, targets, topk=(8,))
     with pytest.raises(UserError):
         accuracy(logits, targets[:3])
+
+
+def test_correct_is_per_example_and_keeps_leading_dimensions():
+    logits = torch.tensor([[[0.0, 2.0, 1.0], [3.0, 0.0, 1.0]],
+                           [[1.0, 1.0, 0.0], [0.0, 1.0, 2.0]]])  # (2, 2, 3)
+    targets = torch.tensor([[1, 2], [1, 1]])
+    assert correct(logits, targets).tolist() == [[1.0, 0.0], [0.0, 0.0]]  # a tie goes to the first class
+    assert correct(logits, targets, k=2).tolist() == [[1.0, 1.0], [1.0, 1.0]]
+    with pytest.raises(UserError, match="targets"):
+        correct(logits, targets[0])
 
 
 # ----------------------------------------------------------------------------- gradient variance

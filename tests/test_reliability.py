@@ -74,6 +74,7 @@ BAD_INPUT = {
 }
 
 
+@pytest.mark.smoke  # runs the CLI in a subprocess: seconds
 @pytest.mark.parametrize("folder", [*PAPERS, "wsram/captions"])
 def test_unknown_config_is_one_line_error_from_the_command_line(folder):
     assert_one_line_error(run_cli(ROOT / "papers" / folder / "train.py", "--config", "no-such-config"),
@@ -187,9 +188,9 @@ def test_checkpoint_of_another_config_is_refused(tmp_path):
     before = toy_result(out)[0]
     assert_one_line_error(toy(out, "lr=0.5"), "another config", "lr")
     assert toy_result(out)[0] == before  # nothing was overwritten
-    # Without the config record, the checkpoint itself does not fit a wider model: still one line.
+    # Without the config record the run's config is unknown: refused too, still one line.
     (out / "config.json").unlink()
-    assert_one_line_error(toy(out, "hidden=32"), "cannot resume")
+    assert_one_line_error(toy(out, "hidden=32"), "no config.json")
 
 
 class _Payload:
@@ -214,6 +215,7 @@ def test_tampered_checkpoint_pickle_is_never_executed(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.smoke  # runs the CLI in a subprocess: seconds
 def test_config_values_are_data_never_code(tmp_path):
     marker = tmp_path / "pwned"
     proc = toy(tmp_path / "run", f"lr=__import__('pathlib').Path('{marker}').touch()")

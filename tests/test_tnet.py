@@ -398,6 +398,7 @@ def test_smoke_training_run_writes_metrics(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["name"] == "smoke"
 
 
+@pytest.mark.smoke  # runs the CLI in a subprocess: seconds
 def test_cli_rejects_unknown_config_in_one_line():
     proc = subprocess.run([sys.executable, "papers/tnet/train.py", "--config", "nope"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)

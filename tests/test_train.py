@@ -193,12 +193,12 @@ def test_loop_config_rejects_bad_values():
 # ---------------------------------------------------------------- subprocess runs of the toy paper
 
 
-def _toy(out: Path, *sets: str, steps: int = 30) -> subprocess.Popen:
+def _toy(out: Path, *sets: str, steps: int = 30, die_at_step: int = 0) -> subprocess.Popen:
     cmd = [sys.executable, str(TOY), "--config", "tiny", "--output-dir", str(out), "--set", f"steps={steps}"]
     for s in sets:
         cmd += ["--set", s]
-    return subprocess.Popen(cmd, cwd=ROOT, env=ENV, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(cmd, cwd=ROOT, env={**ENV, "TOY_DIE_AT_STEP": str(die_at_step)}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
 def _finish(proc: subprocess.Popen, expect: int = 0) -> str:
@@ -211,7 +211,7 @@ def _finish(proc: subprocess.Popen, expect: int = 0) -> str:
 def test_kill_and_resume_is_bit_identical_to_an_uninterrupted_run(tmp_path):
     sets = ("grad_accum_steps=2",)
     straight = _toy(tmp_path / "straight", *sets)
-    killed = _toy(tmp_path / "killed", *sets, "die_at_step=15")  # checkpoints at 10 and 20; dies at 15
+    killed = _toy(tmp_path / "killed", *sets, die_at_step=15)  # checkpoints at 10 and 20; dies at 15
     _finish(straight)
     _finish(killed, expect=-signal.SIGKILL)
     assert checkpoint_steps(tmp_path / "killed" / "checkpoints") == [10]

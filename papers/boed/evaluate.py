@@ -12,20 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import torch
-from safetensors.torch import load_file
 
 from core.cli import main_guard
 from core.errors import UserError
 from core.glimpse import coverage, patch_boxes
 from core.metrics import count_multiplications
-from core.train import checkpoint_steps
+from core.runs import load_config, load_weights
 from papers.boed.config import BOEDConfig
 from papers.boed.design import glimpse_hits
 from papers.boed.model import HardAttentionNet, build_model
@@ -135,28 +130,15 @@ def attention_mults(cfg: BOEDConfig, adaptive: bool) -> tuple[int, int]:
     return count_multiplications(one_glimpse), count_multiplications(net.classifiers[0], h)
 
 
-def load_final(model: torch.nn.Module, run_dir: Path) -> int:
-    """Load the last checkpoint under run_dir/checkpoints into model; returns its step."""
-    steps = checkpoint_steps(run_dir / "checkpoints")
-    if not steps:
-        raise UserError(f"no checkpoint under {run_dir / 'checkpoints'}")
-    path = run_dir / "checkpoints" / f"step_{steps[-1]}" / "model.safetensors"
-    if not path.exists():
-        raise UserError(f"{path} is missing")
-    model.load_state_dict(load_file(str(path)), strict=False)
-    return steps[-1]
-
-
 def evaluate_run(run_dir: Path, split: str, batch_size: int) -> dict[str, float]:
     from papers.boed.splits import load_data, members  # the data and member layout of train.py
 
-    saved = json.loads((run_dir / "config.json").read_text())
-    cfg = BOEDConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    cfg = load_config(run_dir, BOEDConfig)
     adaptive = cfg.experiment == "flops"
     layout = [("adaptive", cfg.flops_task)] if adaptive else members(cfg)
     tasks = [k for _, k in layout]
     model = build_model(cfg, members=len(tasks), adaptive=adaptive)
-    step = load_final(model, run_dir / ("adaptive" if adaptive else "attention"))
+    step = load_weights(model, run_dir / ("adaptive" if adaptive else "attention"), strict=False)
     data = load_data(cfg, (split,))[split]
     labels = data.labels[:, tasks].long()
     out = rollout_dataset(model, data.images_float(), labels, batch_size, cfg.seed, cfg.eval_samples)

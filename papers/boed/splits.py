@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 from torch.utils.data import Dataset
 
 from core.errors import UserError
+from core.runs import micro_batch
 from core.train import LoopConfig
 from papers.boed import preprocess
 from papers.boed.config import BOEDConfig
@@ -142,10 +142,8 @@ def members(cfg: BOEDConfig) -> list[tuple[str, int]]:
 
 
 def loop_config(cfg: BOEDConfig, out: Path, steps: int, batch_size: int, eval_every: int = 0) -> LoopConfig:
-    """core.train's batch is per process; the config's batch sizes are images per update (main() checks that
-    they divide)."""
-    per_process = batch_size // PartialState().num_processes
-    return LoopConfig(max_steps=steps, batch_size=per_process, seed=cfg.seed,
+    """core.train's batch is per process; the config's batch sizes are images per update (core.runs)."""
+    return LoopConfig(max_steps=steps, batch_size=micro_batch(batch_size), seed=cfg.seed,
                       checkpoint_every=cfg.checkpoint_every, eval_every=eval_every, log_every=cfg.log_every,
                       output_dir=str(out), num_workers=cfg.num_workers)
 

@@ -26,19 +26,15 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 from accelerate import PartialState
 
-from core.cli import main_guard, parse_args, save_config
-from core.errors import UserError
+from core.cli import main_guard, parse_args
 from core.results import save_result
+from core.runs import begin_run, micro_batch
 from papers.boed.config import get_config
 from papers.boed.flops import run_flops
 from papers.boed.splits import load_data, read_log
@@ -66,13 +62,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     cfg, _ = parse_args(get_config, argv, description=__doc__.split("\n")[0])
     torch.manual_seed(cfg.seed)
     state = PartialState()
-    for name in ("batch_size", "posterior_batch_size"):
-        if getattr(cfg, name) % state.num_processes:
-            raise UserError(f"{name}={getattr(cfg, name)} is images per update and must divide among "
-                            f"{state.num_processes} processes")
+    for batch_size in (cfg.batch_size, cfg.posterior_batch_size):  # images per update: refused early
+        micro_batch(batch_size)
     out = Path(cfg.output_dir)
-    if state.is_main_process:
-        save_config(cfg, out)
+    begin_run(cfg, out)
     needs_design = cfg.experiment == "flops" or "partial" in cfg.conditions
     splits = ("train", "val", "test") + (("database",) if needs_design else ())
     data = load_data(cfg, splits)

@@ -24,22 +24,16 @@ For a learned policy L with a whole-image classifier, Fig. 5b on its axis (accur
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from core.cli import main_guard
-from core.errors import UserError
 from core.glimpse import coverage, glimpse_top_left, patch_boxes
+from core.metrics import correct
 from core.results import save_result
-from core.train import checkpoint_steps
+from core.runs import load_config, load_weights
 from papers.saccader.config import SaccaderConfig
 from papers.saccader.model import Saccader, build_model, location_boxes, whole_image_classifier
 from papers.saccader.policies import select_locations
@@ -77,7 +71,7 @@ def glimpse_metrics(name: str, boxes: Tensor, predictions: Tensor, targets: Tens
         out[f"coverage_{name}_T{k}"] = coverage(boxes[:, :k], images.shape[-2:]).float()
         if classifier is not None:
             occluded = classifier(occlude(images, boxes[:, :k], occlusion_value))
-            out[f"occluded_accuracy_{name}_T{k}"] = (occluded.argmax(1) == targets).float()
+            out[f"occluded_accuracy_{name}_T{k}"] = correct(occluded, targets)
         if parts is not None:
             out[f"parts_seen_{name}_T{k}"] = parts_seen(boxes[:, :k], parts)
     return out
@@ -155,7 +149,7 @@ def make_eval_fn(cfg: SaccaderConfig, names: list[str], classifier: nn.Module | 
                                    occlusion_value)
         logits_map = model.backbone.forward_features(images)["logits_map"]
         if whole_image:
-            out["accuracy_all_locations"] = (logits_map.mean((2, 3)).argmax(1) == targets).float()
+            out["accuracy_all_locations"] = correct(logits_map.mean((2, 3)), targets)
         for entry in names:
             alias, _, policy = entry.partition("=")
             boxes, predictions = saccader_glimpses(model, policy or alias, images, max(counts), logits_map)
@@ -185,7 +179,7 @@ def occlusion_standard_errors(metrics: dict[str, float], n: int) -> dict[str, fl
 
 def classifier_eval_fn(model, batch) -> dict[str, Tensor]:
     """Whole-image accuracy of a plain classifier (BagNet-77-lowD, ResNet-v2-50)."""
-    return {"accuracy": (model(batch[0]).argmax(1) == batch[1]).float()}
+    return {"accuracy": correct(model(batch[0]), batch[1])}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -194,11 +188,7 @@ def classifier_eval_fn(model, batch) -> dict[str, Tensor]:
 
 def load_stage(model: nn.Module, stage_dir: Path) -> nn.Module:
     """Load the last checkpoint of one training stage (core.train layout) into model."""
-    steps = checkpoint_steps(stage_dir / "checkpoints")
-    if not steps:
-        raise UserError(f"no checkpoint under {stage_dir}/checkpoints: was this stage trained?")
-    model.load_state_dict(load_file(str(stage_dir / "checkpoints" / f"step_{steps[-1]}" /
-                                        "model.safetensors")))
+    load_weights(model, stage_dir)
     return model.eval()
 
 
@@ -206,10 +196,7 @@ def evaluate_run(run_dir: str, num_images: int = 8, occlusion_value: float = 0.0
     from papers.saccader.train import build_datasets  # train.py imports this module
 
     run = Path(run_dir)
-    if not (run / "config.json").is_file():
-        raise UserError(f"{run} has no config.json: not a papers/saccader/train.py output directory")
-    saved = json.loads((run / "config.json").read_text())
-    cfg = SaccaderConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    cfg = load_config(run, SaccaderConfig)
     _, test_set = build_datasets(cfg)
     loader = torch.utils.data.DataLoader(test_set, batch_size=cfg.batch_size)
     classifier = None

@@ -30,23 +30,21 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
 from torch import nn
 
-from core.cli import main_guard, parse_args, save_config
+from core.cli import main_guard, parse_args
 from core.data import build_dataset, list_datasets
 from core.data.transforms import ToSigned
 from core.errors import UserError
 from core.estimators import batch_mean_baseline, reinforce_loss
+from core.metrics import correct
 from core.results import save_result
+from core.runs import begin_run, micro_batch
 from core.train import LoopConfig, train, unwrap
 from papers.saccader import preprocess
 from papers.saccader.config import SaccaderConfig, get_config
@@ -110,7 +108,7 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
         images, targets = batch[0], batch[1]
         logits = model(images, 0)["logits"][:, 0] if cfg.model == "saccader" else model(images)
         loss = F.cross_entropy(logits, targets)  # the geometric mean over locations = softmax of mean logits
-        return loss, {"train_accuracy": (logits.argmax(1) == targets).float().mean().item()}
+        return loss, {"train_accuracy": correct(logits, targets).mean().item()}
 
     def location(model, batch, step):  # eq. 5
         unwrap(model).backbone.eval()  # "fixed from BagNet-77-lowD" (Table Supp.5 *): BN statistics too
@@ -125,7 +123,7 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
         S, T, B = cfg.mc_samples, cfg.train_glimpses, images.shape[0]
         out = model(images, T, num_samples=S)
         targets = targets.repeat(S)
-        reward = (out["logits"].mean(1).argmax(1) == targets).float().view(S, B)
+        reward = correct(out["logits"].mean(1), targets).view(S, B)
         # Officially averaged over samples, glimpses and images; eq. 6's text sums over S and T.
         pg = reinforce_loss(out["log_prob"].mean(1).view(S, B), reward, batch_mean_baseline(reward))
         pg = pg * (S * T if cfg.policy_gradient == "sum" else 1)
@@ -137,7 +135,7 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
             images, targets = batch[0], batch[1]
             logits = model(images, cfg.dram_pretrain_glimpses, pretrain_glimpse=glimpse)["logits"].mean(1)
             return F.cross_entropy(logits, targets), {
-                "train_accuracy": (logits.argmax(1) == targets).float().mean().item()}
+                "train_accuracy": correct(logits, targets).mean().item()}
         return step_fn
 
     def dram_policy(model, batch, step):
@@ -148,7 +146,7 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
         S, T = cfg.mc_samples, cfg.train_glimpses
         out = model(images.repeat(S, 1, 1, 1), T)
         targets = targets.repeat(S)
-        reward = (out["logits"].argmax(-1) == targets[:, None]).float()  # (S*B, T)
+        reward = correct(out["logits"], targets[:, None].expand(out["logits"].shape[:-1]))  # (S*B, T)
         pg = reinforce_loss(out["log_prob"], reward, batch_mean_baseline(reward))
         ce = F.cross_entropy(out["logits"].flatten(0, 1), targets.repeat_interleave(T))
         return ce + cfg.dram_reinforce_weight * pg, {"reward": reward[:, -1].mean().item(),
@@ -159,7 +157,7 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
         boxes, _ = saccader_glimpses(saccader, "learned", images, cfg.train_glimpses)
         logits = model(images, boxes).mean(1)
         return F.cross_entropy(logits, targets), {
-            "train_accuracy": (logits.argmax(1) == targets).float().mean().item()}
+            "train_accuracy": correct(logits, targets).mean().item()}
 
     if stage == "patch_classifier":
         return patch_classifier
@@ -252,7 +250,7 @@ class Pipeline:
         warmup = math.ceil(length * cfg.warmup_epochs / cfg.epochs)
         factor = cosine_with_warmup(length, warmup)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: factor(step + offset))
-        loop = LoopConfig(max_steps=max_steps, batch_size=cfg.batch_size // self.state.num_processes,
+        loop = LoopConfig(max_steps=max_steps, batch_size=micro_batch(cfg.batch_size),
                           seed=cfg.seed + self.fits, checkpoint_every=cfg.checkpoint_every,
                           eval_every=cfg.eval_every, log_every=cfg.log_every,
                           output_dir=str(self.out / folder),
@@ -285,12 +283,9 @@ class Pipeline:
 
 def run(cfg: SaccaderConfig, output_dir: str) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
-    state = PartialState()
-    if cfg.batch_size % state.num_processes:
-        raise UserError(f"batch_size {cfg.batch_size} is not divisible by {state.num_processes} processes")
+    micro_batch(cfg.batch_size)  # refuses a batch the processes cannot share, before any training
     pipe = Pipeline(cfg, output_dir)
-    if state.is_main_process:
-        save_config(cfg, output_dir)
+    begin_run(cfg, output_dir)
     train_glimpses = f"T{cfg.train_glimpses}"
 
     if cfg.model in ("bagnet", "resnet"):
@@ -354,7 +349,7 @@ def patch_eval_fn(cfg: SaccaderConfig, saccader):
         images, targets = batch[0], batch[1]
         boxes, _ = saccader_glimpses(saccader, "learned", images, max(counts))
         logits = model(images, boxes)
-        return {f"accuracy_patch_classifier_T{k}": (logits[:, :k].mean(1).argmax(1) == targets).float()
+        return {f"accuracy_patch_classifier_T{k}": correct(logits[:, :k].mean(1), targets)
                 for k in counts}
     return eval_fn
 
@@ -376,7 +371,7 @@ def _dram_pretrain_eval(cfg: SaccaderConfig, stage: str):
 
     def eval_fn(model, batch):
         logits = model(batch[0], cfg.dram_pretrain_glimpses, pretrain_glimpse=glimpse)["logits"].mean(1)
-        return {f"{stage}_accuracy": (logits.argmax(1) == batch[1]).float()}
+        return {f"{stage}_accuracy": correct(logits, batch[1])}
     return eval_fn
 
 

@@ -11,13 +11,8 @@ DIR/overlays.png. The functions here are also what train.py uses for its final e
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 import torch.nn.functional as F
@@ -27,9 +22,10 @@ from torch import nn
 from core.cli import main_guard, override
 from core.errors import UserError
 from core.glimpse import coverage
-from core.metrics import measure_latency, peak_memory
+from core.metrics import correct, measure_latency, peak_memory
 from core.results import save_result
-from papers.tnet.config import TNetConfig, get_config, parse_locs, total_locations
+from core.runs import load_config
+from papers.tnet.config import TNetConfig, parse_locs, total_locations
 from papers.tnet.flops import multiplications
 from papers.tnet.model import TNet, build_model
 
@@ -46,8 +42,7 @@ def eval_settings(cfg: TNetConfig) -> dict[int, tuple[int, ...]]:
 
 
 def _hits(logits: torch.Tensor, targets: torch.Tensor, k: int) -> torch.Tensor:
-    k = min(k, logits.shape[1])
-    return (logits.topk(k, 1).indices == targets[:, None]).any(1).float()
+    return correct(logits, targets, min(k, logits.shape[1]))
 
 
 def make_eval_fn(cfg: TNetConfig):
@@ -168,12 +163,7 @@ def _evaluate(args) -> int:
     from papers.tnet.figures import draw_overlays
     from papers.tnet.train import build_datasets
 
-    config_path = args.run_dir / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"{args.run_dir} has no config.json (not a train.py output directory)")
-    saved = json.loads(config_path.read_text())
-    cfg = dataclasses.replace(get_config(saved["name"]),
-                              **{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
+    cfg = load_config(args.run_dir, TNetConfig)
     if args.locs:
         cfg = override(cfg, "eval_locs", args.locs)
     for item in args.set:

@@ -18,9 +18,6 @@ import re
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import torch  # noqa: E402
 
 from core.cli import main_guard  # noqa: E402

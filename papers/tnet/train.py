@@ -13,21 +13,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 import torch.nn.functional as F
 
-from core.cli import main_guard, parse_args, save_config
+from core.cli import main_guard, parse_args
 from core.data import DigitCanvas, build_dataset, list_datasets
 from core.data.transforms import to_signed
-from core.errors import UserError
+from core.metrics import correct
 from core.results import save_result
+from core.runs import begin_run, is_main_process, micro_batch
 from core.train import LoopConfig, train, unwrap
 from papers.tnet import preprocess
 from papers.tnet.config import TNetConfig, get_config
@@ -87,7 +84,7 @@ def make_step_fn(cfg: TNetConfig):
         if cfg.l2:
             kernels = [p for p in model.parameters() if p.ndim > 1]
             loss = loss + cfg.l2 * sum(p.square().sum() for p in kernels)
-        return loss, {"train_accuracy": (logits.argmax(1) == targets).float().mean().item()}
+        return loss, {"train_accuracy": correct(logits, targets).mean().item()}
 
     return tnet_step if cfg.model == "tnet" else baseline_step
 
@@ -112,18 +109,9 @@ def health_metrics(model, cfg: TNetConfig, eval_set, log_path: Path, max_steps: 
             "feature_spread": feature_spread(model, cfg, images)}
 
 
-def _world() -> tuple[int, bool]:
-    """(number of processes, is this the main one) from the launcher's environment (torchrun/accelerate).
-    Read before core.train creates the Accelerator: an earlier accelerate state would be built without
-    the launcher's CPU flag and pin every process to rank 0."""
-    return int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0")) == 0
-
-
 def run(cfg: TNetConfig, output_dir: str) -> dict[str, float]:
     torch.manual_seed(cfg.seed)
-    processes, is_main = _world()
-    if cfg.batch_size % processes:
-        raise UserError(f"batch_size {cfg.batch_size} is not divisible by {processes} processes")
+    batch_size = micro_batch(cfg.batch_size)  # before any accelerate state exists (core.runs)
     train_set, eval_set = build_datasets(cfg)
     max_steps = cfg.max_steps or math.ceil(cfg.epochs * len(train_set) / cfg.batch_size)
     model = build_model(cfg)
@@ -131,15 +119,14 @@ def run(cfg: TNetConfig, output_dir: str) -> dict[str, float]:
         load_weights(model, cfg.init_from)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=cfg.adam_eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(cfg, max_steps))
-    loop = LoopConfig(max_steps=max_steps, batch_size=cfg.batch_size // processes, seed=cfg.seed,
+    loop = LoopConfig(max_steps=max_steps, batch_size=batch_size, seed=cfg.seed,
                       checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
                       log_every=cfg.log_every,
                       output_dir=output_dir, num_workers=cfg.num_workers)
-    if is_main:
-        save_config(cfg, output_dir)
+    begin_run(cfg, output_dir)
     metrics = train(loop, model, optimizer, train_set, make_step_fn(cfg), eval_set, make_eval_fn(cfg),
                     scheduler=scheduler)
-    if not is_main:
+    if not is_main_process():
         return metrics
     metrics.update(health_metrics(model, cfg, eval_set, Path(output_dir) / "metrics.jsonl", max_steps))
     if cfg.measure_cost:
@@ -151,7 +138,7 @@ def run(cfg: TNetConfig, output_dir: str) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     cfg, args = parse_args(get_config, argv, description="Train and evaluate TNet or its baselines.")
     metrics = main_guard(run, cfg, args.output_dir)
-    if _world()[1]:
+    if is_main_process():
         width = max(map(len, metrics), default=0)
         print("\n".join(f"{k:<{width}}  {v:.4f}" for k, v in metrics.items()))
     return 0

@@ -14,38 +14,17 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-
 import torch
-from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from core.cli import main_guard
 from core.errors import UserError
-from core.train import checkpoint_steps
+from core.runs import load_run
 from papers.wsram.config import WSRAMConfig
 from papers.wsram.model import WSRAM, build_model
 from papers.wsram.train import build_datasets
-
-
-def load_run(run_dir: Path) -> tuple[WSRAMConfig, WSRAM]:
-    """The run's config and its model with the latest checkpoint's weights."""
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"{run_dir} has no config.json (not a papers/wsram/train.py output directory)")
-    raw = json.loads(config_path.read_text())
-    raw["digit_scale"] = tuple(raw["digit_scale"])
-    cfg = WSRAMConfig(**raw)
-    steps = checkpoint_steps(run_dir / "checkpoints")
-    if not steps:
-        raise UserError(f"{run_dir}/checkpoints holds no finished checkpoint")
-    model = build_model(cfg)
-    model.load_state_dict(load_file(run_dir / "checkpoints" / f"step_{steps[-1]}" / "model.safetensors"))
-    return cfg, model.eval()
 
 
 def test_set(cfg: WSRAMConfig, test_size: int):
@@ -74,7 +53,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     args = parser.parse_args(argv)
     if any(v is not None and v < 1 for v in (args.num_samples, args.test_size)):
         raise UserError("--num-samples and --test-size must be >= 1")
-    cfg, model = load_run(args.run_dir)
+    cfg, model = load_run(args.run_dir, WSRAMConfig, build_model)
     result = {"variant": cfg.variant, **test_errors(cfg, model, args.num_samples or cfg.num_samples,
                                                      args.test_size or cfg.test_size)}
     print(json.dumps(result))

@@ -19,17 +19,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
 import torch.nn.functional as F
 from accelerate import PartialState
 
-from core.cli import main_guard, parse_args, save_config
+from core.cli import main_guard, parse_args
 from core.data import DigitCanvas, build_dataset, is_idx_folder
 from core.estimators import (
     effective_sample_size,
@@ -39,6 +35,7 @@ from core.estimators import (
 )
 from core.metrics import GradientVariance
 from core.results import save_result
+from core.runs import begin_run, micro_batch
 from core.train import LoopConfig, train, unwrap
 from papers.wsram.config import WSRAMConfig, get_config
 from papers.wsram.model import WSRAM, build_model
@@ -259,16 +256,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train_set, test_set = build_datasets(cfg)
     model = build_model(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    loop = LoopConfig(max_steps=cfg.max_steps, batch_size=cfg.batch_size, seed=cfg.seed,
+    loop = LoopConfig(max_steps=cfg.max_steps, batch_size=micro_batch(cfg.batch_size), seed=cfg.seed,
                       checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
                       log_every=cfg.log_every, output_dir=cfg.output_dir)
+    begin_run(cfg, cfg.output_dir)
     metrics = train(loop, model, optimizer, train_set, make_step_fn(cfg, Probes(cfg, train_set)),
                     eval_dataset=test_set, eval_fn=make_eval_fn(cfg))
     # Asked only now: train() set up the (possibly distributed) process state this reads.
     if not PartialState().is_main_process:  # the main process alone writes the log and the results
         return {}
     out = Path(cfg.output_dir)
-    save_config(cfg, out)
     final = summarize(out / "metrics.jsonl", metrics["test_error"], cfg)
     save_result(out / "final_metrics.json", final)
     print(json.dumps({"variant": cfg.variant, **final}))

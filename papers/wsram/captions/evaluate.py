@@ -13,22 +13,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 import warnings
 from collections import Counter
 from pathlib import Path
 
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
-
 import torch
 from nltk.translate.bleu_score import corpus_bleu
-from safetensors.torch import load_file
 
 from core.cli import main_guard
 from core.data.captions import CaptionDataset, build_caption_dataset
 from core.errors import UserError
-from core.train import checkpoint_steps
+from core.runs import load_config, load_weights
 from papers.wsram.captions.config import CaptionConfig
 from papers.wsram.captions.model import CaptionAttentionModel, build_model
 
@@ -122,18 +117,10 @@ def trivial_baselines(train: CaptionDataset, test: CaptionDataset, probe: list[i
 
 def load_run(run_dir: Path) -> tuple[CaptionConfig, CaptionAttentionModel, CaptionDataset, CaptionDataset]:
     """The run's config, its model with the latest checkpoint's weights, and its datasets."""
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise UserError(f"{run_dir} has no config.json (not an output directory of captions/train.py)")
-    raw = json.loads(config_path.read_text())
-    raw.update({k: tuple(raw[k]) for k in ("cnn_widths", "convs_per_stage")})
-    cfg = CaptionConfig(**raw)
-    steps = checkpoint_steps(run_dir / "checkpoints")
-    if not steps:
-        raise UserError(f"{run_dir}/checkpoints holds no finished checkpoint")
+    cfg = load_config(run_dir, CaptionConfig)
     train, test = make_datasets(cfg)
     model = build_model(cfg, train.vocab, test[0][0].shape[0])
-    model.load_state_dict(load_file(run_dir / "checkpoints" / f"step_{steps[-1]}" / "model.safetensors"))
+    load_weights(model, run_dir)
     return cfg, model.eval(), train, test
 
 

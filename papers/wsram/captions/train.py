@@ -17,16 +17,12 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
-
-if __package__ in (None, ""):  # run as a script: make the repository root importable
-    sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
 
 import torch
 from accelerate import PartialState
 
-from core.cli import main_guard, parse_args, save_config
+from core.cli import main_guard, parse_args
 from core.estimators import (
     effective_sample_size,
     normalized_importance_weights,
@@ -34,6 +30,7 @@ from core.estimators import (
     wake_sleep_loss,
 )
 from core.results import save_result
+from core.runs import begin_run, micro_batch
 from core.train import LoopConfig, train, unwrap
 from papers.wsram.captions.config import CaptionConfig, get_config
 from papers.wsram.captions.evaluate import caption_bleu, caption_nll, make_datasets, trivial_baselines
@@ -111,16 +108,16 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train_set, test_set = make_datasets(cfg)
     model = build_model(cfg, train_set.vocab, test_set[0][0].shape[0])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    loop = LoopConfig(max_steps=cfg.max_steps, batch_size=cfg.batch_size, seed=cfg.seed,
+    loop = LoopConfig(max_steps=cfg.max_steps, batch_size=micro_batch(cfg.batch_size), seed=cfg.seed,
                       checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
                       log_every=cfg.log_every, output_dir=cfg.output_dir, num_workers=cfg.num_workers)
     probe, probe_indices = make_probe(cfg, train_set)
+    begin_run(cfg, cfg.output_dir)
     metrics = train(loop, model, optimizer, train_set, make_step_fn(cfg, probe),
                     eval_dataset=test_set, eval_fn=make_eval_fn(cfg))
     if not PartialState().is_main_process:  # the main process alone captions, writes the log and results
         return {}
     out = Path(cfg.output_dir)
-    save_config(cfg, out)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
         final = {**caption_bleu(model, test_set, cfg.bleu_size),

@@ -1,0 +1,149 @@
+"""A run directory's contract, the same for every paper.
+
+  * config.json is written before the first training step and compared on every resume, so a rerun into a
+    directory that holds another config's run is refused in one line, whenever the first run was killed;
+  * batch_size is images per optimiser update across all processes; each process's micro-batch is derived
+    here once;
+  * a finished run is loaded back as (config, model) by one function, whatever the paper.
+"""
+
+import dataclasses
+import json
+import os
+import types
+import typing
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from core.errors import UserError
+from core.results import save_result
+from core.train import checkpoint_steps
+
+
+def world_size() -> int:
+    """Number of processes the launcher (accelerate launch, torchrun) started; 1 for a plain `python`.
+    Read from its environment so that no distributed state is created before core.train builds its own."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_process() -> bool:
+    """Whether this is the launcher's rank 0 (the process that writes run files)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def micro_batch(batch_size: int, world: int | None = None) -> int:
+    """Examples per process and micro-batch for a global `batch_size` (images per optimiser update across
+    all processes, as the papers state it); refuses a batch that the processes cannot share equally."""
+    world = world_size() if world is None else world
+    if batch_size < 1 or batch_size % world:
+        raise UserError(f"batch_size {batch_size} is not a positive multiple of the {world} processes")
+    return batch_size // world
+
+
+def config_to_dict(cfg) -> dict:
+    """The config as plain JSON-able data (tuples become lists, paths strings)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def save_config(cfg, output_dir: str | Path) -> Path:
+    """Write <output_dir>/config.json (the resolved config; the reproduction runner records it)."""
+    return save_result(Path(output_dir) / "config.json", config_to_dict(cfg))
+
+
+def check_resumable(cfg, output_dir: str | Path) -> None:
+    """An output directory is resumed, so it must hold a run of this very config (or none): resuming
+    another config's checkpoint would mix two runs into one result. Only the location may differ."""
+    out = Path(output_dir)
+    path = out / "config.json"
+    if not path.exists():
+        if checkpoint_steps(out / "checkpoints"):
+            raise UserError(f"{output_dir} holds checkpoints but no config.json, so its config is unknown; "
+                            "use another --output-dir")
+        return
+    try:
+        stored = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({e}); use another --output-dir") from None
+    current = config_to_dict(cfg)
+    differ = sorted(k for k in stored.keys() | current.keys()
+                    if k != "output_dir" and stored.get(k) != current.get(k))  # a moved run is the same run
+    if differ:
+        raise UserError(f"{output_dir} holds a run of another config (differs in {', '.join(differ)}); "
+                        "resume with the same config or use another --output-dir")
+
+
+def begin_run(cfg, output_dir: str | Path) -> None:
+    """Call before the first training step: refuse another config's directory, then record this config
+    (rank 0 writes it), so that even a run killed before its first checkpoint is recognised on rerun."""
+    check_resumable(cfg, output_dir)
+    if is_main_process():
+        save_config(cfg, output_dir)
+
+
+def _from_json(value, tp):
+    """`value` read from JSON, turned back into the annotated type `tp` (lists into tuples, nested
+    dataclasses, paths); anything else is returned as read."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        options = [a for a in args if a is not type(None)]
+        return _from_json(value, options[0]) if len(options) == 1 else value
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return config_from_dict(tp, value)
+    if isinstance(value, list) and (origin in (tuple, list) or tp in (tuple, list)):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            items = [_from_json(v, t) for v, t in zip(value, args, strict=True)]
+        else:
+            items = [_from_json(v, args[0]) if args else v for v in value]
+        return (origin or tp)(items)
+    if tp is Path and isinstance(value, str):
+        return Path(value)
+    return value
+
+
+def config_from_dict(cls, data: dict):
+    """The inverse of config_to_dict for the dataclass `cls`: every value back to its field's type."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(data.keys() - fields)
+    if unknown:
+        raise UserError(f"config.json has fields {cls.__name__} lacks: {', '.join(unknown)}")
+    return cls(**{k: _from_json(v, hints[k]) for k, v in data.items()})
+
+
+def load_config(run_dir: str | Path, cls):
+    """The config a train.py run recorded in <run_dir>/config.json."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise UserError(f"{run_dir} has no config.json (not a train.py output directory)")
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path} is unreadable ({e})") from None
+    return config_from_dict(cls, data)
+
+
+def load_weights(model: torch.nn.Module, stage_dir: str | Path, strict: bool = True) -> int:
+    """Load the latest finished checkpoint under <stage_dir>/checkpoints into `model`; returns its step."""
+    steps = checkpoint_steps(Path(stage_dir) / "checkpoints")
+    if not steps:
+        raise UserError(f"{stage_dir}/checkpoints holds no finished checkpoint: was this stage trained?")
+    path = Path(stage_dir) / "checkpoints" / f"step_{steps[-1]}" / "model.safetensors"
+    if not path.is_file():
+        raise UserError(f"{path} is missing")
+    model.load_state_dict(load_file(str(path)), strict=strict)
+    return steps[-1]
+
+
+def load_run(run_dir: str | Path, cls, build_model: Callable,
+             stage: str = "") -> tuple[object, torch.nn.Module]:
+    """A finished run: (its config, build_model(config) holding the latest checkpoint of `stage`, in eval
+    mode). `stage` is the sub-folder of a multi-stage run ("" for a single-stage one)."""
+    cfg = load_config(run_dir, cls)
+    model = build_model(cfg)
+    load_weights(model, Path(run_dir) / stage)
+    return cfg, model.eval()

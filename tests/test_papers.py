@@ -1,0 +1,119 @@
+"""The paper contract (core.registry, core.runs), checked over every registered paper: configs round-trip
+through config.json; a rerun into a directory holding another config's run is refused in one line, whether
+the first run was killed before or after its first checkpoint; batch_size means images per optimiser update
+whatever the number of processes."""
+
+import dataclasses
+import json
+import sys
+
+import pytest
+
+import core.runs
+from core import train as core_train
+from core.errors import UserError
+from core.registry import Paper, get_paper, papers, register
+from core.runs import config_from_dict, config_to_dict, load_config, micro_batch, save_config
+
+PAPERS = papers()
+NAMES = sorted(PAPERS)
+
+
+def test_every_paper_is_registered():
+    assert {"tnet", "saccader", "wsram", "wsram-captions", "boed"} <= set(NAMES)
+    with pytest.raises(UserError, match="unknown paper 'nope'"):
+        get_paper("nope")
+
+
+def test_registering_another_paper_under_a_taken_name_is_refused():
+    clash = dataclasses.replace(PAPERS["tnet"], train_script="elsewhere.py")
+    with pytest.raises(UserError, match="registered twice"):
+        register(clash)
+    assert isinstance(register(PAPERS["tnet"]), Paper)  # the same entry again is harmless
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_config_round_trips_through_config_json(name, tmp_path):
+    paper = PAPERS[name]
+    for config in paper.configs:
+        cfg = paper.get_config(config)
+        save_config(cfg, tmp_path / config)
+        assert load_config(tmp_path / config, paper.config_cls) == cfg, config
+        assert json.loads((tmp_path / config / "config.json").read_text()) == config_to_dict(cfg)
+
+
+def test_config_from_dict_refuses_fields_the_config_lacks():
+    paper = PAPERS["wsram"]
+    data = {**config_to_dict(paper.get_config("smoke")), "no_such_field": 1}
+    with pytest.raises(UserError, match="no_such_field"):
+        config_from_dict(paper.config_cls, data)
+
+
+def test_micro_batch_divides_the_global_batch_or_refuses():
+    assert micro_batch(64, 1) == 64 and micro_batch(64, 4) == 16
+    with pytest.raises(UserError, match="batch_size 6 is not a positive multiple of the 4 processes"):
+        micro_batch(6, 4)
+
+
+def _patch_train(monkeypatch, paper: Paper, stand_in) -> None:
+    """Replace core.train.train in every module of the paper's package that calls it."""
+    package = paper.main.__module__.rsplit(".", 1)[0] + "."
+    for name, module in list(sys.modules.items()):
+        if name.startswith(package) and getattr(module, "train", None) is core_train.train:
+            monkeypatch.setattr(module, "train", stand_in)
+
+
+def _kill(real_train, after_first_checkpoint: bool):
+    """A stand-in for core.train.train that dies like a killed run: at once, or after one update that it
+    checkpoints (max_steps and checkpoint_every cut to 1, so the checkpoint is real)."""
+    def killed(loop, *args, **kwargs):
+        if after_first_checkpoint:
+            first = dataclasses.replace(loop, max_steps=1, checkpoint_every=1, eval_every=0)
+            real_train(first, *args, **kwargs)
+        raise KeyboardInterrupt
+    return killed
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("after_first_checkpoint", [False, True], ids=["before", "after"])
+@pytest.mark.parametrize("name", NAMES)
+def test_rerun_with_another_config_is_refused_after_a_kill(name, after_first_checkpoint, tmp_path,
+                                                           monkeypatch, capsys):
+    paper = PAPERS[name]
+    out = tmp_path / "run"
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    _patch_train(monkeypatch, paper, _kill(core_train.train, after_first_checkpoint))
+    argv = ["--config", "smoke", "--output-dir", str(out)]
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        paper.main(argv)
+    assert (out / "config.json").is_file(), "config.json must be written before the first training step"
+    assert bool(list(out.rglob("checkpoints/step_1"))) == after_first_checkpoint
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:
+        paper.main([*argv, "--seed", "7"])
+    assert refused.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err and err[-1].startswith("error: ") and "another config" in err[-1] and "seed" in err[-1]
+    assert load_config(out, paper.config_cls).seed != 7  # the first run's record is kept
+
+
+@pytest.mark.smoke
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("name", NAMES)
+def test_batch_size_is_images_per_update_across_processes(name, world, tmp_path, monkeypatch):
+    """What each process's loop is given, with the launcher's world size stubbed (no processes started):
+    micro-batch x processes x accumulation = the config's batch_size."""
+    paper = PAPERS[name]
+    seen = []
+
+    def record(loop, *args, **kwargs):
+        seen.append(loop)
+        raise KeyboardInterrupt
+
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    monkeypatch.setattr(core.runs, "world_size", lambda: world)
+    _patch_train(monkeypatch, paper, record)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        paper.main(["--config", "smoke", "--output-dir", str(tmp_path / "run")])
+    loop = seen[0]
+    assert loop.batch_size * world * loop.grad_accum_steps == paper.get_config("smoke").batch_size
