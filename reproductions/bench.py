@@ -511,8 +511,9 @@ def loader_pipelines() -> dict:
     a 77 px Inception crop decoded at reduced size."""
     from core.data.jpeg import decode_crop
     from core.data.sources import decode_image
-    from core.data.transforms import Compose, RandomResizedCrop, ToSigned, random_resized_crop_box, resize
-    from papers.tnet.train import InceptionAugment
+    from core.data.transforms import random_resized_crop_box, resize
+    from papers.saccader import preprocess as saccader_preprocess
+    from papers.tnet import preprocess as tnet_preprocess
 
     def full(transform):
         return lambda data: transform(decode_image({"bytes": data}, 3, "made jpeg"))
@@ -529,9 +530,8 @@ def loader_pipelines() -> dict:
         crop, _ = decode_crop(data, (77, 77), box)
         return resize(crop, (77, 77)).clamp_(0, 1)
 
-    return {"tnet_train_224": full(InceptionAugment(224)),
-            # papers/saccader/train.py's training transform (App. C): Inception crop to 224 px, [-1, 1]
-            "saccader_train_224": full(Compose([RandomResizedCrop((224, 224)), ToSigned()])),
+    return {"tnet_train_224": full(tnet_preprocess.TrainTransform(224)),
+            "saccader_train_224": full(saccader_preprocess.TrainTransform(224)),
             "crop77_full_decode": full77, "crop77_draft_decode": draft77}
 
 
