@@ -254,7 +254,7 @@ class Pipeline:
                           seed=cfg.seed + self.fits, checkpoint_every=cfg.checkpoint_every,
                           eval_every=cfg.eval_every, log_every=cfg.log_every,
                           output_dir=str(self.out / folder),
-                          num_workers=cfg.num_workers)
+                          num_workers=cfg.num_workers, channels_last=cfg.channels_last)
         step_fn = make_step_fn(opt_cfg or cfg, stage, saccader)
         # Only the optimised weights require gradients: DDP (accelerate launch) rejects parameters that
         # get none, e.g. the location network in eq. 4 or the representation network in eq. 5.

@@ -122,7 +122,7 @@ def run(cfg: TNetConfig, output_dir: str) -> dict[str, float]:
     loop = LoopConfig(max_steps=max_steps, batch_size=batch_size, seed=cfg.seed,
                       checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
                       log_every=cfg.log_every,
-                      output_dir=output_dir, num_workers=cfg.num_workers)
+                      output_dir=output_dir, num_workers=cfg.num_workers, channels_last=cfg.channels_last)
     begin_run(cfg, output_dir)
     metrics = train(loop, model, optimizer, train_set, make_step_fn(cfg), eval_set, make_eval_fn(cfg),
                     scheduler=scheduler)
