@@ -132,10 +132,13 @@ def parse_args(get_config: Callable[[str], object], argv: list[str] | None = Non
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                         help="override a config field (repeatable; dots reach nested fields)")
     args = parser.parse_args(argv)
+    if args.seed is not None and args.seed < 0:
+        fail(f"--seed must be a non-negative integer, got {args.seed}")
     try:
         cfg = get_config(args.config)
     except KeyError:
-        fail(f"unknown config {args.config!r}")
+        names = _config_names(get_config)
+        fail(f"unknown config {args.config!r}" + (f" (choose from {', '.join(names)})" if names else ""))
     except ValueError as e:  # includes UserError
         fail(str(e))
     try:
@@ -155,10 +158,41 @@ def parse_args(get_config: Callable[[str], object], argv: list[str] | None = Non
         if "output_dir" in names:
             out = Path(args.output_dir) if isinstance(cfg.output_dir, Path) else args.output_dir
             cfg = dataclasses.replace(cfg, output_dir=out)
+        check_positive_rates(cfg)
+        check_output_dir(args.output_dir)
         check_resumable(cfg, args.output_dir)
     except ValueError as e:  # UserError, or a config's own __post_init__ validation
         fail(str(e))
     return cfg, args
+
+
+def _config_names(get_config: Callable[[str], object]) -> tuple[str, ...]:
+    """The named configs of the registered paper whose get_config this is (none for an unregistered one)."""
+    from core.registry import papers  # imports every paper: only on this error path
+
+    return next((p.configs for p in papers().values() if p.get_config is get_config), ())
+
+
+def check_positive_rates(cfg, prefix: str = "") -> None:
+    """Every learning rate of a config (fields named lr, lr_* or *_lr, nested configs included) is > 0: an
+    optimiser would reject a negative one only after the minute of setup, with a traceback."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_positive_rates(value, f"{prefix}{f.name}.")
+        elif (f.name == "lr" or f.name.startswith("lr_") or f.name.endswith("_lr")) and \
+                isinstance(value, int | float) and not value > 0:
+            raise UserError(f"{prefix}{f.name} must be a positive learning rate, got {value}")
+
+
+def check_output_dir(path: str | Path) -> None:
+    """The output directory is a folder this process can write (or can create), checked before setup."""
+    path = Path(path)
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"--output-dir {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"--output-dir {path}: {existing} is not writable")
 
 
 def main_guard(fn: Callable, *args, **kwargs):

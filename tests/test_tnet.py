@@ -402,7 +402,9 @@ def test_smoke_training_run_writes_metrics(tmp_path, capsys):
 def test_cli_rejects_unknown_config_in_one_line():
     proc = subprocess.run([sys.executable, "papers/tnet/train.py", "--config", "nope"], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and proc.stderr.strip() == "error: unknown config 'nope'"
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert proc.stderr.startswith("error: unknown config 'nope' (choose from imagenet, ")
+    assert "cpu-bagnet" in proc.stderr
 
 
 @pytest.mark.slow

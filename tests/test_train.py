@@ -349,6 +349,10 @@ def test_parse_args_applies_typed_overrides():
     (["--config", "cpu", "--set", "steps"], "--set expects FIELD=VALUE"),
     (["--config", "cpu", "--set", "steps=-1"], "steps must be >= 0"),
     (["--config", "cpu", "--seed", "x"], "invalid int value: 'x'"),
+    (["--config", "cpu", "--seed", "-1"], "--seed must be a non-negative integer, got -1"),
+    (["--config", "cpu", "--set", "lr=-0.001"], "lr must be a positive learning rate, got -0.001"),
+    (["--config", "cpu", "--output-dir", __file__], "is a file, not a folder"),
+    (["--config", "cpu", "--output-dir", f"{__file__}/run"], "is a file, not a folder"),
 ])
 def test_parse_args_errors_are_one_line_and_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
