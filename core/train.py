@@ -12,6 +12,7 @@ import os
 import pickle
 import re
 import shutil
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -52,6 +53,9 @@ class LoopConfig:
     """Seeds the global RNGs and the data order."""
     checkpoint_every: int = 1000
     """Save a resumable checkpoint every this many steps (0: only at the end); the last 2 are kept."""
+    checkpoint_every_s: float = 300.0
+    """Also save one at the first logging step this many seconds after the last save (0: off), so that a
+    killed run whose step interval is long (the CPU configs keep only the final one) loses minutes at most."""
     eval_every: int = 0
     """Evaluate every this many steps (0: only at the end)."""
     log_every: int = 10
@@ -74,7 +78,7 @@ class LoopConfig:
         for name in ("max_steps", "batch_size", "grad_accum_steps", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("checkpoint_every", "eval_every", "num_workers", "seed"):
+        for name in ("checkpoint_every", "checkpoint_every_s", "eval_every", "num_workers", "seed"):
             if (getattr(self, name) or 0) < 0:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
 
@@ -277,6 +281,7 @@ def train(loop: LoopConfig, model: torch.nn.Module, optimizer: torch.optim.Optim
         except (RuntimeError, KeyError, ValueError, OSError, pickle.UnpicklingError) as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
             raise UserError(f"cannot resume from {ckpt} (another config's, or damaged): {reason}") from e
+        accelerator.print(f"resumed from {ckpt} (step {start} of {loop.max_steps})")
     accelerator.wait_for_everyone()
 
     sampler = StepSampler(len(train_dataset), loop.batch_size, accelerator.num_processes,
@@ -288,6 +293,7 @@ def train(loop: LoopConfig, model: torch.nn.Module, optimizer: torch.optim.Optim
     progress = tqdm(total=loop.max_steps, initial=start, desc="train", dynamic_ncols=True,
                     disable=not accelerator.is_local_main_process)
     metrics = {}
+    saved_at = time.monotonic()
     model.train()
     try:
         for step in range(start + 1, loop.max_steps + 1):
@@ -325,9 +331,14 @@ def train(loop: LoopConfig, model: torch.nn.Module, optimizer: torch.optim.Optim
             if log is not None and record:
                 log.write(json.dumps({"step": step, **record}) + "\n")
                 log.flush()
-            # Last in the step, so the saved RNG state is exactly what step+1 starts from.
-            if (loop.checkpoint_every and step % loop.checkpoint_every == 0) or step == loop.max_steps:
+            # Last in the step, so the saved RNG state is exactly what step+1 starts from. The wall-clock
+            # trigger is read at logging steps only and agreed across processes (each has its own clock).
+            due = loop.checkpoint_every_s and step % loop.log_every == 0 and accelerator.reduce(torch.tensor(
+                [float(time.monotonic() - saved_at >= loop.checkpoint_every_s)], device=accelerator.device),
+                "sum").item()
+            if (loop.checkpoint_every and step % loop.checkpoint_every == 0) or step == loop.max_steps or due:
                 _save_checkpoint(accelerator, ckpt_root, step)
+                saved_at = time.monotonic()
             progress.update(1)
         if start >= loop.max_steps and eval_loader is not None:  # resumed a finished run: just re-evaluate
             metrics = evaluate(accelerator, model, eval_loader, eval_fn, loop.seed)

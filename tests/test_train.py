@@ -86,6 +86,18 @@ def test_train_runs_logs_checkpoints_and_evaluates(tmp_path):
 
 
 @pytest.mark.unit
+def test_wall_clock_checkpoints_at_logging_steps_and_a_resume_says_where(tmp_path, capsys):
+    model, opt, data = _setup()
+    loop = LoopConfig(max_steps=9, batch_size=8, checkpoint_every=0, checkpoint_every_s=1e-9, log_every=3,
+                      output_dir=str(tmp_path), cpu=True)
+    train(loop, model, opt, data, _step)
+    assert checkpoint_steps(tmp_path / "checkpoints") == [6, 9]  # each logging step was due; last 2 kept
+    assert "resumed" not in capsys.readouterr().out
+    train(loop, *_setup(seed=1)[:2], data, _step)
+    assert f"resumed from {tmp_path / 'checkpoints' / 'step_9'} (step 9 of 9)" in capsys.readouterr().out
+
+
+@pytest.mark.unit
 def test_nan_loss_stops_with_user_error_and_keeps_last_good_checkpoint(tmp_path):
     model, opt, data = _setup()
 
