@@ -21,7 +21,7 @@ from typing import NoReturn
 import torch.distributed as dist
 
 from core.errors import UserError
-from core.runs import check_resumable, save_config  # noqa: F401 (save_config: the name papers imported here)
+from core.runs import check_resumable, is_main_process, save_config  # noqa: F401 (save_config: the name papers imported here)
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -125,7 +125,8 @@ def parse_args(get_config: Callable[[str], object], argv: list[str] | None = Non
     runs/<paper>/<config>/seed<N>); when the config has top-level `seed` / `output_dir` fields they are set
     too, so the returned config is the complete record of the run."""
     parser = ArgumentParser(description=description)
-    parser.add_argument("--config", required=True, metavar="NAME", help="named config from config.py")
+    parser.add_argument("--config", default="cpu", metavar="NAME",
+                        help="named config from config.py (default: cpu, the CPU-scale reproduction's)")
     parser.add_argument("--seed", type=int, default=None, metavar="N", help="random seed")
     parser.add_argument("--output-dir", default=None, metavar="DIR",
                         help="checkpoints, metrics.jsonl and final_metrics.json go here (resumed if present)")
@@ -163,6 +164,8 @@ def parse_args(get_config: Callable[[str], object], argv: list[str] | None = Non
         check_resumable(cfg, args.output_dir)
     except ValueError as e:  # UserError, or a config's own __post_init__ validation
         fail(str(e))
+    if is_main_process():
+        print(f"config {args.config}, seed {args.seed}: outputs in {args.output_dir}", flush=True)
     return cfg, args
 
 

@@ -344,13 +344,14 @@ def test_parse_args_applies_typed_overrides():
     cfg, args = parse_args(_get_config, ["--config", "cpu", "--set", "limit=4"])
     assert cfg.limit == 4 and args.seed == 0 and args.output_dir == str(Path("runs/run/cpu/seed0"))
     assert parse_value("", tuple[int, ...]) == () and parse_value("0", bool) is False
+    cfg, args = parse_args(_get_config, [])  # no flags: the CPU-scale config, and where its outputs go
+    assert args.config == "cpu" and cfg == _Cfg(output_dir=str(Path("runs/run/cpu/seed0")))
 
 
 @pytest.mark.unit
 @pytest.mark.parametrize("argv, message", [
     (["--config", "paper"], "unknown config 'paper'"),
     (["--config", "cpu", "--bogus"], "unrecognized arguments: --bogus"),
-    ([], "required: --config"),
     (["--config", "cpu", "--set", "nope=1"], "unknown field 'nope' in _Cfg"),
     (["--config", "cpu", "--set", "steps=1.5"], "bad value '1.5' for _Cfg.steps: expected an integer"),
     (["--config", "cpu", "--set", "use_q=maybe"], "expected true or false"),
