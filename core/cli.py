@@ -159,7 +159,7 @@ def parse_args(get_config: Callable[[str], object], argv: list[str] | None = Non
         if "output_dir" in names:
             out = Path(args.output_dir) if isinstance(cfg.output_dir, Path) else args.output_dir
             cfg = dataclasses.replace(cfg, output_dir=out)
-        check_positive_rates(cfg)
+        check_learning_rates(cfg)
         check_output_dir(args.output_dir)
         check_resumable(cfg, args.output_dir)
     except ValueError as e:  # UserError, or a config's own __post_init__ validation
@@ -176,16 +176,17 @@ def _config_names(get_config: Callable[[str], object]) -> tuple[str, ...]:
     return next((p.configs for p in papers().values() if p.get_config is get_config), ())
 
 
-def check_positive_rates(cfg, prefix: str = "") -> None:
-    """Every learning rate of a config (fields named lr, lr_* or *_lr, nested configs included) is > 0: an
-    optimiser would reject a negative one only after the minute of setup, with a traceback."""
+def check_learning_rates(cfg, prefix: str = "") -> None:
+    """No learning rate of a config (fields named lr, lr_* or *_lr, nested configs included) is negative: an
+    optimiser would reject one only after the minute of setup, with a traceback. lr=0 stays allowed: it is the
+    untrained baseline of a reproduction spec."""
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
         if dataclasses.is_dataclass(value):
-            check_positive_rates(value, f"{prefix}{f.name}.")
+            check_learning_rates(value, f"{prefix}{f.name}.")
         elif (f.name == "lr" or f.name.startswith("lr_") or f.name.endswith("_lr")) and \
-                isinstance(value, int | float) and not value > 0:
-            raise UserError(f"{prefix}{f.name} must be a positive learning rate, got {value}")
+                isinstance(value, int | float) and not value >= 0:
+            raise UserError(f"{prefix}{f.name} must be a non-negative learning rate, got {value}")
 
 
 def check_output_dir(path: str | Path) -> None:

@@ -363,7 +363,7 @@ def test_parse_args_applies_typed_overrides():
     (["--config", "cpu", "--set", "steps=-1"], "steps must be >= 0"),
     (["--config", "cpu", "--seed", "x"], "invalid int value: 'x'"),
     (["--config", "cpu", "--seed", "-1"], "--seed must be a non-negative integer, got -1"),
-    (["--config", "cpu", "--set", "lr=-0.001"], "lr must be a positive learning rate, got -0.001"),
+    (["--config", "cpu", "--set", "lr=-0.001"], "lr must be a non-negative learning rate, got -0.001"),
     (["--config", "cpu", "--output-dir", __file__], "is a file, not a folder"),
     (["--config", "cpu", "--output-dir", f"{__file__}/run"], "is a file, not a folder"),
 ])
