@@ -8,9 +8,9 @@ import torch
 from core.reproduce import REPO_ROOT, load_spec, main
 from core.results import load_result
 from papers.saccader.config import get_config as saccader_config
-from papers.saccader.train import build_datasets as saccader_data
+from papers.saccader.data import build_datasets as saccader_data
 from papers.tnet.config import get_config as tnet_config
-from papers.tnet.train import build_datasets as tnet_data
+from papers.tnet.data import build_datasets as tnet_data
 from papers.wsram.config import get_config as wsram_config
 from papers.wsram.train import build_datasets as wsram_data
 

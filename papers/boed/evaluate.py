@@ -24,6 +24,7 @@ from core.runs import load_config, load_weights
 from papers.boed.config import BOEDConfig
 from papers.boed.design import glimpse_hits
 from papers.boed.model import HardAttentionNet, build_model
+from papers.boed.splits import load_data, members
 
 
 @torch.no_grad()
@@ -131,8 +132,6 @@ def attention_mults(cfg: BOEDConfig, adaptive: bool) -> tuple[int, int]:
 
 
 def evaluate_run(run_dir: Path, split: str, batch_size: int) -> dict[str, float]:
-    from papers.boed.splits import load_data, members  # the data and member layout of train.py
-
     cfg = load_config(run_dir, BOEDConfig)
     adaptive = cfg.experiment == "flops"
     layout = [("adaptive", cfg.flops_task)] if adaptive else members(cfg)

@@ -35,6 +35,7 @@ from core.metrics import correct
 from core.results import save_result
 from core.runs import load_config, load_weights
 from papers.saccader.config import SaccaderConfig
+from papers.saccader.data import build_datasets
 from papers.saccader.model import Saccader, build_model, location_boxes, whole_image_classifier
 from papers.saccader.policies import select_locations
 
@@ -193,8 +194,6 @@ def load_stage(model: nn.Module, stage_dir: Path) -> nn.Module:
 
 
 def evaluate_run(run_dir: str, num_images: int = 8, occlusion_value: float = 0.0) -> dict[str, float]:
-    from papers.saccader.train import build_datasets  # train.py imports this module
-
     run = Path(run_dir)
     cfg = load_config(run, SaccaderConfig)
     _, test_set = build_datasets(cfg)
