@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
+from core.metrics import correct
 from core.train import train
 from papers.boed.config import BOEDConfig
 from papers.boed.curves import bootstrap_ratios, curve_stats, pooled_variance, ratios
@@ -86,8 +87,8 @@ def train_attention(cfg: BOEDConfig, data: dict[str, Split], out: Path, tasks: l
         M = cfg.eval_samples
         logits = model(images.repeat(M, 1, 1, 1))["logits"][..., -1, :]
         y = labels[:, task_index.to(labels.device)].long().repeat(M, 1)
-        correct = (logits.argmax(-1) == y).float().view(M, len(images), -1).mean(0)
-        return {f"acc_m{e}": correct[:, e] for e in range(len(tasks))}
+        hits = correct(logits, y).view(M, len(images), -1).mean(0)
+        return {f"acc_m{e}": hits[:, e] for e in range(len(tasks))}
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     train(loop_config(cfg, out, cfg.max_steps, cfg.batch_size, cfg.eval_every), model, optimizer,

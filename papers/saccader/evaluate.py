@@ -96,7 +96,7 @@ def occlusion_at_equal_area(name: str, boxes: Tensor, random_boxes: Tensor, targ
     random comparator (boxes (B, K, 4), nested in k) interpolated per image at the area policy `name`'s
     first k boxes occlude."""
     def occluded(b: Tensor) -> Tensor:
-        return (classifier(occlude(images, b, occlusion_value)).argmax(1) == targets).float()
+        return correct(classifier(occlude(images, b, occlusion_value)), targets)
 
     K = random_boxes.shape[1]
     areas = torch.stack([images.new_zeros(len(images))] + [coverage(random_boxes[:, :k], images.shape[-2:])

@@ -81,7 +81,7 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
         T = cfg.pretrain_glimpses
         out = model(batch[0], T, locations=max_logit_order(T), detach_representation=True)
         loss = -out["log_prob"].mean() * (T if cfg.location_loss == "sum" else 1)
-        hits = (out["location_logits"].argmax(-1) == out["locations"]).float().mean()
+        hits = correct(out["location_logits"], out["locations"]).mean()
         return loss, {"target_hit_rate": hits.item()}
 
     def policy(model, batch, step):  # eq. 6
