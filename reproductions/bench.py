@@ -48,6 +48,7 @@ from core.cli import main_guard
 from core.errors import UserError
 from core.glimpse import GridSpec, crop_and_resize, extract_patches, glimpse_top_left, retina
 from core.metrics import measure_latency, peak_memory
+from core.registry import get_paper
 from core.results import REPO_ROOT, format_table, load_paper_values, load_result, provenance, save_result
 from papers.tnet.config import get_config, parse_locs, total_locations
 
@@ -358,42 +359,36 @@ def _labels(n, classes, device):
 
 
 def train_tnet(name: str, batch: int | None, device):
-    from papers.tnet.config import get_config
-    from papers.tnet.model import build_model
-    from papers.tnet.train import make_step_fn
-
-    cfg = get_config(name)
+    paper = get_paper("tnet")
+    cfg = paper.get_config(name)
     b = batch or cfg.batch_size
-    model = build_model(cfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    model = paper.build_model(cfg).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, eps=cfg.adam_eps)  # as train.py's run()
     x = torch.rand(b, cfg.channels, cfg.image_size, cfg.image_size, device=device) * 2 - 1
-    return model, optimizer, make_step_fn(cfg), (x, _labels(b, cfg.num_classes, device)), b, cfg.image_size
+    return (model, optimizer, paper.make_step_fn(cfg), (x, _labels(b, cfg.num_classes, device)), b,
+            cfg.image_size)
 
 
 def train_saccader(name: str, batch: int | None, device, stage: str = "policy"):
-    from papers.saccader.config import get_config
-    from papers.saccader.model import build_model
-    from papers.saccader.train import make_optimizer, make_step_fn
+    from papers.saccader.train import make_optimizer
 
-    cfg = get_config(name)
+    paper = get_paper("saccader")
+    cfg = paper.get_config(name)
     b = batch or cfg.batch_size
-    model = build_model(cfg).to(device)
+    model = paper.build_model(cfg).to(device)
     x = torch.rand(b, cfg.channels, cfg.image_size, cfg.image_size, device=device) * 2 - 1
-    return (model, make_optimizer(cfg, model, stage), make_step_fn(cfg, stage),
+    return (model, make_optimizer(cfg, model, stage), paper.make_step_fn(cfg, stage),
             (x, _labels(b, cfg.num_classes, device)), b, cfg.image_size)
 
 
 def train_wsram(name: str, batch: int | None, device):
-    from papers.wsram.config import get_config
-    from papers.wsram.model import build_model
-    from papers.wsram.train import make_step_fn
-
-    cfg = get_config(name)
+    paper = get_paper("wsram")
+    cfg = paper.get_config(name)
     b = batch or cfg.batch_size
-    model = build_model(cfg).to(device)
+    model = paper.build_model(cfg).to(device)
     # Called as step 1 (never a multiple of log_every > 1), so the Fig. 2 probes, extra passes every
     # log_every steps that need the dataset, stay out of the per-step time.
-    inner = make_step_fn(cfg, None)
+    inner = paper.make_step_fn(cfg, None)
 
     def step_fn(model, batch, step):
         return inner(model, batch, 1)
@@ -404,23 +399,18 @@ def train_wsram(name: str, batch: int | None, device):
 
 
 def train_boed(name: str, batch: int | None, device):
-    from papers.boed.config import get_config
-    from papers.boed.model import build_model, hard_attention_loss
     from papers.boed.splits import members
 
-    cfg = get_config(name)
+    paper = get_paper("boed")
+    cfg = paper.get_config(name)
     b = batch or cfg.batch_size
-    E = len(members(cfg))  # every (condition, task, replicate) network of the supervision experiment
-    model = build_model(cfg, members=E).to(device)
-
-    def step_fn(model, batch, step):  # train_attention's step without forced locations
-        images, y = batch
-        force = torch.zeros_like(y, dtype=torch.bool)
-        return hard_attention_loss(model(images, None, force), y, force, cfg.supervision_weight)
-
+    # every (condition, task, replicate) network of the supervision experiment, without forced locations
+    model = paper.build_model(cfg, members=len(members(cfg))).to(device)
     x = torch.rand(b, cfg.channels, cfg.image_size, cfg.image_size, device=device) * 2 - 1
-    y = torch.randint(2, (b, E), device=device)
-    return (model, torch.optim.Adam(model.parameters(), lr=cfg.lr), step_fn, (x, y), b, cfg.image_size)
+    y = torch.randint(2, (b, len(cfg.tasks)), device=device)
+    index = torch.arange(b, device=device)
+    return (model, torch.optim.Adam(model.parameters(), lr=cfg.lr), paper.make_step_fn(cfg), (x, y, index), b,
+            cfg.image_size)
 
 
 TRAINERS = {"tnet": train_tnet, "saccader": train_saccader, "wsram": train_wsram, "boed": train_boed}

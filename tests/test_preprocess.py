@@ -121,7 +121,7 @@ def test_saccader_labels_shift_by_one_for_the_background_class(tmp_path):
     from PIL import Image
 
     from papers.saccader.config import get_config
-    from papers.saccader.train import build_datasets
+    from papers.saccader.data import build_datasets
 
     for c in range(1000):  # ImageNet's 1,000 classes, one tiny image each, in train/ and validation/
         for split in ("train", "validation"):
@@ -158,7 +158,7 @@ def test_boed_design_and_hard_attention_normalisations_and_flips():
 def test_tnet_fmow_training_crop_is_constrained_by_the_prepared_boxes(tmp_path, monkeypatch):
     from core.data.prepare import prepare
     from papers.tnet.config import get_config
-    from papers.tnet.train import build_datasets
+    from papers.tnet.data import build_datasets
     from tests.test_prepare import fake_fmow
 
     fake_fmow(tmp_path / "src")

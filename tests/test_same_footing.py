@@ -5,25 +5,24 @@ import dataclasses
 import pytest
 import torch
 
+from core.registry import get_paper
 from core.reproduce import REPO_ROOT, load_spec, main
 from core.results import load_result
-from papers.saccader.config import get_config as saccader_config
-from papers.saccader.train import build_datasets as saccader_data
-from papers.tnet.config import get_config as tnet_config
-from papers.tnet.train import build_datasets as tnet_data
-from papers.wsram.config import get_config as wsram_config
-from papers.wsram.train import build_datasets as wsram_data
 
 SPEC = REPO_ROOT / "reproductions" / "same-footing.toml"
 
 
 @pytest.mark.unit
 def test_every_paper_sees_the_same_test_canvases():
+    def test_canvases(name, **fields):  # through the registry, as each paper's train.py builds them
+        paper = get_paper(name)
+        return paper.build_datasets(dataclasses.replace(paper.get_config("cpu"), **fields))[1]
+
     common = dict(dataset="cluttered-mnist", train_size=4, eval_size=3)
-    _, tnet_test = tnet_data(dataclasses.replace(tnet_config("cpu"), image_size=128, **common))
-    _, saccader_test = saccader_data(dataclasses.replace(saccader_config("cpu"), image_size=128, **common))
-    _, wsram_test = wsram_data(dataclasses.replace(wsram_config("cpu"), dataset="cluttered-mnist", canvas=128,
-                                                   digit_scale=(1.0, 1.0), train_size=4, test_size=3, seed=0))
+    tnet_test = test_canvases("tnet", image_size=128, **common)
+    saccader_test = test_canvases("saccader", image_size=128, **common)
+    wsram_test = test_canvases("wsram", dataset="cluttered-mnist", canvas=128, digit_scale=(1.0, 1.0),
+                               train_size=4, test_size=3, seed=0)
     for i in range(3):
         (a, y), (b, z), (c, w) = tnet_test[i][:2], saccader_test[i][:2], wsram_test[i][:2]
         assert a.shape == (1, 128, 128) and y == z == w

@@ -19,11 +19,12 @@ import torch
 from core.cli import main_guard
 from core.errors import UserError
 from core.glimpse import coverage, patch_boxes
-from core.metrics import count_multiplications
+from core.metrics import correct, count_multiplications
 from core.runs import load_config, load_weights
 from papers.boed.config import BOEDConfig
 from papers.boed.design import glimpse_hits
 from papers.boed.model import HardAttentionNet, build_model
+from papers.boed.splits import load_data, members
 
 
 @torch.no_grad()
@@ -41,8 +42,8 @@ def rollout_dataset(model: HardAttentionNet, images: torch.Tensor, labels: torch
         torch.manual_seed(seed)
         for s in [s for _ in range(samples) for s in range(0, len(images), batch_size)]:
             out = model(images[s:s + batch_size].to(device))
-            y = labels[s:s + batch_size].to(device)
-            parts.setdefault("correct", []).append((out["logits"].argmax(-1) == y[..., None]).float().cpu())
+            y = labels[s:s + batch_size].to(device)[..., None].expand(out["logits"].shape[:-1])
+            parts.setdefault("correct", []).append(correct(out["logits"], y).cpu())
             parts.setdefault("indices", []).append(out["indices"].cpu())
             if "stop" in out:
                 parts.setdefault("stop", []).append(out["stop"].cpu())
@@ -131,8 +132,6 @@ def attention_mults(cfg: BOEDConfig, adaptive: bool) -> tuple[int, int]:
 
 
 def evaluate_run(run_dir: Path, split: str, batch_size: int) -> dict[str, float]:
-    from papers.boed.splits import load_data, members  # the data and member layout of train.py
-
     cfg = load_config(run_dir, BOEDConfig)
     adaptive = cfg.experiment == "flops"
     layout = [("adaptive", cfg.flops_task)] if adaptive else members(cfg)

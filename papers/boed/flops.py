@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import PartialState
 
-from core.metrics import count_multiplications, count_parameters
+from core.metrics import correct, count_multiplications, count_parameters
 from core.train import train
 from papers.boed.config import BOEDConfig
 from papers.boed.design import (
@@ -34,11 +34,11 @@ def train_cnn(cfg: BOEDConfig, data: dict[str, Split], out: Path, arch: str, c: 
         images, labels, _ = batch
         logits = model(images)
         y = labels[:, task].long()
-        return F.cross_entropy(logits, y), {"acc": (logits.argmax(-1) == y).float().mean().item()}
+        return F.cross_entropy(logits, y), {"acc": correct(logits, y).mean().item()}
 
     def eval_fn(model, batch):
         images, labels, _ = batch
-        return {"acc": (model(images).argmax(-1) == labels[:, task].long()).float()}
+        return {"acc": correct(model(images), labels[:, task].long())}
 
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.cnn_lr)
     loop = loop_config(cfg, out, cfg.cnn_steps, cfg.batch_size)

@@ -24,6 +24,7 @@ from torch import nn
 
 from core.estimators import learned_baseline_loss, reinforce_loss
 from core.glimpse import extract_patches, lattice_top_left
+from core.metrics import correct
 
 
 class MemberLinear(nn.Module):
@@ -200,19 +201,19 @@ def hard_attention_loss(out: dict[str, torch.Tensor], labels: torch.Tensor, supe
     """
     logits = out["logits"]  # (B, E, S, classes)
     B, E, T = out["log_pi"].shape
-    correct = (logits.argmax(-1) == labels[..., None]).float()  # (B, E, S)
-    nll = F.cross_entropy(logits.flatten(0, 2), labels[..., None].expand(correct.shape).flatten(),
-                          reduction="none").view(correct.shape).sum(2).mean(0).sum()
-    reward = correct[..., -1:].expand(-1, -1, T)
+    hits = correct(logits, labels[..., None].expand(logits.shape[:-1]))  # (B, E, S)
+    nll = F.cross_entropy(logits.flatten(0, 2), labels[..., None].expand(hits.shape).flatten(),
+                          reduction="none").view(hits.shape).sum(2).mean(0).sum()
+    reward = hits[..., -1:].expand(-1, -1, T)
     unsup = (~supervised).float()[..., None]
     loss_baseline = learned_baseline_loss(out["baselines"], reward) * E  # each member: mean over (B, T)
     loss_reinforce = reinforce_loss(out["log_pi"] * unsup, reward, out["baselines"]) * E * T
     loss_supervised = -(out["log_pi"] * supervised.float()[..., None]).sum()
     loss = nll + loss_baseline + loss_reinforce + supervision_weight * loss_supervised
-    stats = {"nll": nll.item() / E, "train_acc": correct[..., -1].mean().item(),
+    stats = {"nll": nll.item() / E, "train_acc": hits[..., -1].mean().item(),
              "baseline_mse": loss_baseline.item() / E}
     if "stop" in out:
-        loss_stop = F.mse_loss(out["stop"], (correct[..., 1:] - correct[..., :-1]).detach()) * E
+        loss_stop = F.mse_loss(out["stop"], (hits[..., 1:] - hits[..., :-1]).detach()) * E
         loss = loss + loss_stop
         stats["stop_mse"] = loss_stop.item() / E
     return loss, stats

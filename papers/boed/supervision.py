@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
+from core.metrics import correct
 from core.train import train
 from papers.boed.config import BOEDConfig
 from papers.boed.curves import bootstrap_ratios, curve_stats, pooled_variance, ratios
@@ -56,13 +57,15 @@ class Supervision:
         return draws.to(index.device), force.to(index.device)
 
 
-def train_attention(cfg: BOEDConfig, data: dict[str, Split], out: Path, tasks: list[int],
-                    supervision: Supervision | None, adaptive: bool = False):
-    """One core.train run of len(tasks) member networks (member e learns task tasks[e]); returns the model
-    and the validation-accuracy curves {member: (steps, accuracies)}."""
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, members=len(tasks), adaptive=adaptive)
-    task_index = torch.tensor(tasks)
+def _task_index(cfg: BOEDConfig, tasks: list[int] | None) -> torch.Tensor:
+    return torch.tensor(tasks if tasks is not None else [k for _, k in members(cfg)])
+
+
+def make_step_fn(cfg: BOEDConfig, tasks: list[int] | None = None, supervision: Supervision | None = None):
+    """step_fn(model, batch, step) -> (loss, stats) for core.train of len(tasks) member networks (member e
+    learns task tasks[e]; default: every member of the supervision experiment) on batches (images, labels
+    (B, all tasks), dataset indices); `supervision` forces the locations of some (example, member) pairs."""
+    task_index = _task_index(cfg, tasks)
 
     def step_fn(model, batch, step):
         images, labels, index = batch
@@ -81,14 +84,32 @@ def train_attention(cfg: BOEDConfig, data: dict[str, Split], out: Path, tasks: l
         stats["supervised_frac"] = force.float().mean().item()
         return loss, stats
 
-    def eval_fn(model, batch):  # accuracy averaged over eval_samples sampled glimpse sequences per image
+    return step_fn
+
+
+def make_eval_fn(cfg: BOEDConfig, tasks: list[int] | None = None):
+    """eval_fn(model, batch) -> {acc_m<e>: per-image accuracy of member e, averaged over eval_samples sampled
+    glimpse sequences}; tasks as in make_step_fn."""
+    task_index = _task_index(cfg, tasks)
+
+    def eval_fn(model, batch):
         images, labels, _ = batch
         M = cfg.eval_samples
         logits = model(images.repeat(M, 1, 1, 1))["logits"][..., -1, :]
         y = labels[:, task_index.to(labels.device)].long().repeat(M, 1)
-        correct = (logits.argmax(-1) == y).float().view(M, len(images), -1).mean(0)
-        return {f"acc_m{e}": correct[:, e] for e in range(len(tasks))}
+        hits = correct(logits, y).view(M, len(images), -1).mean(0)
+        return {f"acc_m{e}": hits[:, e] for e in range(len(task_index))}
 
+    return eval_fn
+
+
+def train_attention(cfg: BOEDConfig, data: dict[str, Split], out: Path, tasks: list[int],
+                    supervision: Supervision | None, adaptive: bool = False):
+    """One core.train run of len(tasks) member networks (member e learns task tasks[e]); returns the model
+    and the validation-accuracy curves {member: (steps, accuracies)}."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, members=len(tasks), adaptive=adaptive)
+    step_fn, eval_fn = make_step_fn(cfg, tasks, supervision), make_eval_fn(cfg, tasks)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     train(loop_config(cfg, out, cfg.max_steps, cfg.batch_size, cfg.eval_every), model, optimizer,
           Indexed(data["train"]), step_fn, Indexed(data["val"]), eval_fn)

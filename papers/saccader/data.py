@@ -9,6 +9,9 @@ its glimpses to *different* key digits, as Saccader is meant to (sec. 4.1: order
 around a few top features", the learned policy "captures more diverse features").
 
 Train and test canvases draw their digits from core.data's disjoint train / test MNIST digits.
+
+build_datasets gives train.py and evaluate.py the datasets of a config (the CPU task, a made task of
+core.data or, at paper scale, ImageNet through the official input pipeline of preprocess.py).
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.data import load_mnist_digits
+from core.data import build_dataset, list_datasets, load_mnist_digits
+from core.data.transforms import ToSigned
 from core.errors import UserError
+from papers.saccader import preprocess
+from papers.saccader.config import SaccaderConfig
 
 _SPLIT_CODE = {"train": 1, "test": 3}
 
@@ -94,3 +100,34 @@ class DigitPairs(Dataset):
         """(image (C, H, W), label, key digit boxes (2, 4)): the boxes serve the analysis only."""
         image = (self.images[i].float() / 255).expand(self.channels, -1, -1)
         return (self.transform(image) if self.transform else image), int(self.labels[i]), self.key_boxes[i]
+
+
+def build_datasets(cfg: SaccaderConfig):
+    """(train, test) datasets of (image in [-1, 1], label, ...). "digit-pairs": the CPU task (data.py;
+    training canvases follow the seed, test canvases are fixed and use held-out digits), or likewise a
+    made dataset registered in core.data at image_size px. Otherwise a dataset for
+    core.data.build_dataset, with App. C's random crop for training."""
+    if cfg.dataset == "digit-pairs":
+        kw = dict(canvas=cfg.image_size, key_digits=cfg.key_digits, num_distractors=cfg.num_distractors,
+                  num_clutter=cfg.num_clutter, clutter_size=cfg.clutter_size,
+                  min_separation=cfg.min_separation, margin=cfg.margin, channels=cfg.channels,
+                  transform=ToSigned())
+        train_set = DigitPairs("train", cfg.train_size, seed=cfg.seed, **kw)
+        if train_set.num_classes != cfg.num_classes:
+            raise UserError(f"{len(cfg.key_digits)} key digits make {train_set.num_classes} classes, "
+                            f"but num_classes = {cfg.num_classes}")
+        return train_set, DigitPairs("test", cfg.eval_size, seed=0, **kw)
+    if cfg.dataset in list_datasets():  # a made task of core.data, e.g. the cross-paper same-footing task
+        kw = dict(canvas=cfg.image_size, channels=cfg.channels, transform=ToSigned())
+        return (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
+                build_dataset(cfg.dataset, "test", n=cfg.eval_size, seed=0, **kw))
+    # Paper scale: the official input pipeline (papers/saccader/preprocess.py, data_provider.py), with
+    # label 0 kept for the background class when num_classes = 1001 (labels shifted by one).
+    shift = cfg.num_classes == 1001
+    kw = dict(channels=cfg.channels, num_classes=cfg.num_classes - shift)
+    train_tf, eval_tf = preprocess.TrainTransform(cfg.image_size), preprocess.EvalTransform(cfg.image_size)
+    train_set = build_dataset(cfg.dataset, cfg.train_split, transform=train_tf, **kw)
+    eval_set = build_dataset(cfg.dataset, cfg.eval_split, transform=eval_tf, **kw)
+    if shift:
+        return preprocess.BackgroundShift(train_set), preprocess.BackgroundShift(eval_set)
+    return train_set, eval_set

@@ -35,6 +35,7 @@ from core.metrics import correct
 from core.results import save_result
 from core.runs import load_config, load_weights
 from papers.saccader.config import SaccaderConfig
+from papers.saccader.data import build_datasets
 from papers.saccader.model import Saccader, build_model, location_boxes, whole_image_classifier
 from papers.saccader.policies import select_locations
 
@@ -95,7 +96,7 @@ def occlusion_at_equal_area(name: str, boxes: Tensor, random_boxes: Tensor, targ
     random comparator (boxes (B, K, 4), nested in k) interpolated per image at the area policy `name`'s
     first k boxes occlude."""
     def occluded(b: Tensor) -> Tensor:
-        return (classifier(occlude(images, b, occlusion_value)).argmax(1) == targets).float()
+        return correct(classifier(occlude(images, b, occlusion_value)), targets)
 
     K = random_boxes.shape[1]
     areas = torch.stack([images.new_zeros(len(images))] + [coverage(random_boxes[:, :k], images.shape[-2:])
@@ -193,8 +194,6 @@ def load_stage(model: nn.Module, stage_dir: Path) -> nn.Module:
 
 
 def evaluate_run(run_dir: str, num_images: int = 8, occlusion_value: float = 0.0) -> dict[str, float]:
-    from papers.saccader.train import build_datasets  # train.py imports this module
-
     run = Path(run_dir)
     cfg = load_config(run, SaccaderConfig)
     _, test_set = build_datasets(cfg)

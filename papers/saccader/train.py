@@ -38,17 +38,14 @@ from accelerate import PartialState
 from torch import nn
 
 from core.cli import main_guard, parse_args
-from core.data import build_dataset, list_datasets
-from core.data.transforms import ToSigned
 from core.errors import UserError
 from core.estimators import batch_mean_baseline, reinforce_loss
 from core.metrics import correct
 from core.results import save_result
 from core.runs import begin_run, micro_batch
 from core.train import LoopConfig, train, unwrap
-from papers.saccader import preprocess
 from papers.saccader.config import SaccaderConfig, get_config
-from papers.saccader.data import DigitPairs
+from papers.saccader.data import build_datasets
 from papers.saccader.evaluate import (
     LEARNED_NAME,
     classifier_eval_fn,
@@ -62,37 +59,6 @@ from papers.saccader.model import (
     patch_classifier,
     whole_image_classifier,
 )
-
-
-def build_datasets(cfg: SaccaderConfig):
-    """(train, test) datasets of (image in [-1, 1], label, ...). "digit-pairs": the CPU task (data.py;
-    training canvases follow the seed, test canvases are fixed and use held-out digits), or likewise a
-    made dataset registered in core.data at image_size px. Otherwise a dataset for
-    core.data.build_dataset, with App. C's random crop for training."""
-    if cfg.dataset == "digit-pairs":
-        kw = dict(canvas=cfg.image_size, key_digits=cfg.key_digits, num_distractors=cfg.num_distractors,
-                  num_clutter=cfg.num_clutter, clutter_size=cfg.clutter_size,
-                  min_separation=cfg.min_separation, margin=cfg.margin, channels=cfg.channels,
-                  transform=ToSigned())
-        train_set = DigitPairs("train", cfg.train_size, seed=cfg.seed, **kw)
-        if train_set.num_classes != cfg.num_classes:
-            raise UserError(f"{len(cfg.key_digits)} key digits make {train_set.num_classes} classes, "
-                            f"but num_classes = {cfg.num_classes}")
-        return train_set, DigitPairs("test", cfg.eval_size, seed=0, **kw)
-    if cfg.dataset in list_datasets():  # a made task of core.data, e.g. the cross-paper same-footing task
-        kw = dict(canvas=cfg.image_size, channels=cfg.channels, transform=ToSigned())
-        return (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
-                build_dataset(cfg.dataset, "test", n=cfg.eval_size, seed=0, **kw))
-    # Paper scale: the official input pipeline (papers/saccader/preprocess.py, data_provider.py), with
-    # label 0 kept for the background class when num_classes = 1001 (labels shifted by one).
-    shift = cfg.num_classes == 1001
-    kw = dict(channels=cfg.channels, num_classes=cfg.num_classes - shift)
-    train_tf, eval_tf = preprocess.TrainTransform(cfg.image_size), preprocess.EvalTransform(cfg.image_size)
-    train_set = build_dataset(cfg.dataset, cfg.train_split, transform=train_tf, **kw)
-    eval_set = build_dataset(cfg.dataset, cfg.eval_split, transform=eval_tf, **kw)
-    if shift:
-        return preprocess.BackgroundShift(train_set), preprocess.BackgroundShift(eval_set)
-    return train_set, eval_set
 
 
 def max_logit_order(num_glimpses: int):
@@ -115,7 +81,7 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
         T = cfg.pretrain_glimpses
         out = model(batch[0], T, locations=max_logit_order(T), detach_representation=True)
         loss = -out["log_prob"].mean() * (T if cfg.location_loss == "sum" else 1)
-        hits = (out["location_logits"].argmax(-1) == out["locations"]).float().mean()
+        hits = correct(out["location_logits"], out["locations"]).mean()
         return loss, {"target_hit_rate": hits.item()}
 
     def policy(model, batch, step):  # eq. 6

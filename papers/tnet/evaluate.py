@@ -26,6 +26,7 @@ from core.metrics import correct, measure_latency, peak_memory
 from core.results import save_result
 from core.runs import load_config
 from papers.tnet.config import TNetConfig, parse_locs, total_locations
+from papers.tnet.data import build_datasets
 from papers.tnet.flops import multiplications
 from papers.tnet.model import TNet, build_model
 
@@ -161,7 +162,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def _evaluate(args) -> int:
     from papers.tnet.figures import draw_overlays
-    from papers.tnet.train import build_datasets
 
     cfg = load_config(args.run_dir, TNetConfig)
     if args.locs:

@@ -25,6 +25,7 @@ from core.backbones.bagnet import keras_init_
 from core.errors import UserError
 from core.estimators import EMABaseline, reinforce_loss, sample_without_replacement, topk_select
 from core.glimpse import GridSpec, child_coords, extract_patches, select_child_boxes
+from core.metrics import correct
 from papers.tnet.config import TNetConfig
 
 LEAKY_SLOPE = 0.2  # tf.nn.leaky_relu's default alpha, used throughout the official ImageNet model
@@ -309,7 +310,7 @@ def tnet_loss(out: TNetOutput, targets: Tensor, baseline: EMABaseline, cfg: TNet
     """
     lc, lr, lf = cfg.lambda_c, cfg.lambda_r, cfg.lambda_f
     ce = F.cross_entropy(out.logits, targets)
-    reward = (out.logits.argmax(1) == targets).float()
+    reward = correct(out.logits, targets)
     loss = lc * ce
     stats = {"ce": ce.item(), "reward": reward.mean().item(), "baseline": baseline.value.item()}
     if not out.log_probs:  # nothing attended: a plain classifier
@@ -322,7 +323,7 @@ def tnet_loss(out: TNetOutput, targets: Tensor, baseline: EMABaseline, cfg: TNet
     per_ce = F.cross_entropy(feature_logits.flatten(0, 1), targets.repeat_interleave(feature_logits.shape[1]))
     loss = loss + (1 - lc) * per_ce
     attended_logits = torch.cat(out.feature_logits[1:levels], 1)  # (B, T-1, classes)
-    attended_reward = (attended_logits.argmax(-1) == targets[:, None]).float()
+    attended_reward = correct(attended_logits, targets[:, None].expand(attended_logits.shape[:-1]))
     attended_log_p = torch.cat(out.log_probs[:levels - 1], 1)
     loss = loss + lf * (1 - lr) * reinforce_loss(attended_log_p, attended_reward, b)
     mixed = lr * reward.mean() + (1 - lr) * attended_reward.mean()

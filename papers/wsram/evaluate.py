@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from core.cli import main_guard
 from core.errors import UserError
+from core.metrics import correct
 from core.runs import load_run
 from papers.wsram.config import WSRAMConfig
 from papers.wsram.model import WSRAM, build_model
@@ -40,8 +41,8 @@ def test_errors(cfg: WSRAMConfig, model: WSRAM, num_samples: int, test_size: int
     wrong = {"test_error": 0, "test_error_random_glimpses": 0}
     for images, labels in DataLoader(data, batch_size=batch_size):
         for key, random_glimpses in (("test_error", False), ("test_error_random_glimpses", True)):
-            pred = model.predict(images, num_samples, random_glimpses=random_glimpses).argmax(-1)
-            wrong[key] += (pred != labels).sum().item()
+            logits = model.predict(images, num_samples, random_glimpses=random_glimpses)
+            wrong[key] += (1 - correct(logits, labels)).sum().item()
     return {k: v / len(data) for k, v in wrong.items()}
 
 

@@ -33,7 +33,7 @@ from core.estimators import (
     variational_bound_loss,
     wake_sleep_loss,
 )
-from core.metrics import GradientVariance
+from core.metrics import GradientVariance, correct
 from core.results import save_result
 from core.runs import begin_run, micro_batch
 from core.train import LoopConfig, train, unwrap
@@ -133,10 +133,10 @@ class Probes:
         for i in range(0, len(self.images), 256):
             x, y = self.images[i:i + 256].to(dev), self.labels[i:i + 256].to(dev)
             out = model(x, y, cfg.num_samples, "prior" if model.learned else "random")
-            errors.append(out["logits"].softmax(-1).mean(0).argmax(-1) != y)
+            errors.append(1 - correct(out["logits"].softmax(-1).mean(0), y))
             counts += torch.bincount(out["scales"].flatten().cpu(), minlength=cfg.num_scales)
         p = counts / counts.sum()
-        return torch.cat(errors).float().mean().item(), -(p * p.clamp_min(1e-12).log()).sum().item()
+        return torch.cat(errors).mean().item(), -(p * p.clamp_min(1e-12).log()).sum().item()
 
     def shared_variance(self, model: WSRAM) -> dict[str, float]:
         """Fig. 2b at shared parameters: every estimator's gradient, `grad_probes` times with fresh glimpse
@@ -198,8 +198,7 @@ def make_step_fn(cfg: WSRAMConfig, probes: Probes):
 def make_eval_fn(cfg: WSRAMConfig):
     def eval_fn(model, batch):
         images, labels = batch
-        wrong = model.predict(images, cfg.num_samples).argmax(-1) != labels
-        return {"test_error": wrong.float()}
+        return {"test_error": 1 - correct(model.predict(images, cfg.num_samples), labels)}
 
     return eval_fn
 
