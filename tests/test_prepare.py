@@ -172,6 +172,47 @@ def test_mnist_idx_decompressed_and_checked(tmp_path):
     assert len(build_dataset(str(tmp_path / "dst"), "test", num_classes=10)) == 10
 
 
+FLICKR_WORDS = ("dog", "runs", "on", "grass", "child", "climbs", "stairs")
+
+
+def fake_flickr8k(root: Path, n: int = 6) -> list[str]:
+    """Flickr8k_Dataset.zip and Flickr8k_text.zip unpacked into one folder as distributed: the images in
+    Flicker8k_Dataset/ (sic, with the archive's __MACOSX/ beside it), and in Flickr8k_text/ the tab-separated
+    "<image>#<k>\\t<caption>" token file (with its stray "<image>.jpg.1" group of an image no split lists,
+    CRLF line ends), the split lists, the lemmatised captions and readme. Returns the image names."""
+    names = [f"{1000268201 + i}_{i:010x}.jpg" for i in range(n)]
+    for i, name in enumerate(names):
+        _jpeg(root / "Flicker8k_Dataset" / name, (50 + 4 * i, 37), value=30 * i)
+    _jpeg(root / "__MACOSX" / "Flicker8k_Dataset" / f"._{names[0]}")
+    text = root / "Flickr8k_text"
+    text.mkdir()
+    lines = [f"{name}#{k}\tA {FLICKR_WORDS[(i + k) % 7]} {FLICKR_WORDS[k % 7]} , {i} ."
+             for i, name in enumerate(names) for k in range(5)]
+    lines += [f"2258277193_586949ec62.jpg.1#{k}\tA stray caption ." for k in range(5)]
+    (text / "Flickr8k.token.txt").write_bytes("\r\n".join(lines).encode() + b"\r\n")
+    (text / "Flickr8k.lemma.token.txt").write_text("\n".join(lines) + "\n")
+    (text / "readme.txt").write_text("Flickr8k\n")
+    for split, chosen in (("train", names[:-2]), ("dev", names[-2:-1]), ("test", names[-1:])):
+        (text / f"Flickr_8k.{split}Images.txt").write_text("\n".join(chosen) + "\n")
+    return names
+
+
+def test_flickr8k_read_as_distributed(tmp_path):
+    from core.data.captions import build_caption_dataset
+
+    names = fake_flickr8k(tmp_path / "flickr8k")
+    train = build_caption_dataset(str(tmp_path / "flickr8k"), "train", image_size=16, min_count=1)
+    assert train.num_images == 4 and len(train) == 20  # 5 (image, caption) pairs per listed image
+    assert train.references(1)[2] == ["a", FLICKR_WORDS[3], FLICKR_WORDS[2], "1"]  # lower case, no "," or "."
+    assert "stray" not in train.vocab.stoi  # the unlisted .jpg.1 group is ignored
+    image, _, _ = train[0]
+    assert image.shape == (3, 16, 16)
+    test = build_caption_dataset(str(tmp_path / "flickr8k"), "test", image_size=16, vocab=train.vocab,
+                                 pairs=False)
+    assert len(test) == 1 and len(test.references(0)) == 5
+    assert float(test[0][0].mean()) == pytest.approx(30 * (len(names) - 1) / 255, abs=0.02)
+
+
 def test_cli_one_line_error(tmp_path):
     (tmp_path / "src").mkdir()
     r = subprocess.run([sys.executable, "-m", "core.data.prepare", "celeba-hq", str(tmp_path / "src"),
@@ -281,3 +322,12 @@ def test_boed_celeba_hq_paper_config_trains_on_a_prepared_fake(tmp_path):
         "batch_size=4", "eval_every=1", "replicates=1", "heatmap_images=2", "num_workers=0",
         "checkpoint_every=0", "log_every=1"])
     assert metrics
+
+
+@pytest.mark.slow
+def test_wsram_flickr8k_paper_config_trains_one_step_on_the_download_as_distributed(tmp_path):
+    fake_flickr8k(tmp_path / "flickr8k")  # read as downloaded: Flickr8k needs no preparation
+    metrics = _train("wsram.captions", "flickr8k", tmp_path / "run", [
+        f"dataset={tmp_path / 'flickr8k'}", "batch_size=2", "max_steps=1", "probe_size=2", "log_every=1",
+        "checkpoint_every=0", "num_workers=0"])
+    assert metrics["steps"] == 1 and 0 <= metrics["bleu1"] <= 100 and metrics["test_nll"] > 0
