@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from core.data import build_dataset
@@ -149,6 +150,64 @@ def test_celeba_hq_imagefolder_with_attributes_in_index_order(tmp_path):
         image, labels = ds[i]
         assert image.shape == (3, 16, 16)
         assert labels.tolist() == (attrs[i] > 0).astype(float).tolist()
+
+
+def _boed_config(dataset: Path, **kw):
+    import dataclasses
+
+    from papers.boed.config import get_config
+
+    return dataclasses.replace(get_config("celeba-hq"), dataset=str(dataset), tasks=("Smiling", "Male"),
+                               image_size=32, train_size=10, design_size=4, sequences_per_task=2, val_size=2,
+                               test_size=4, database_size=3, **kw)
+
+
+def test_boed_paper_scale_loader_decodes_once_in_workers_into_a_file_backed_array(tmp_path, monkeypatch):
+    """BOED at paper scale: the train / val / test ranges and the retrieval database carved from the
+    training range are decoded once (each image read once), by DataLoader workers, into an array backed by a
+    deleted file in the run folder (so the page cache, not the process, holds the pixels, and nothing is left
+    behind), with the values the in-memory path had."""
+    import core.data
+    from papers.boed.config import CELEBA_ATTRIBUTES
+    from papers.boed.splits import load_data
+
+    attrs = fake_celeba_hq(tmp_path / "src", n=16)
+    prepare("celeba-hq", tmp_path / "src", tmp_path / "celeba", size=32)
+    reads, build = [], core.data.build_dataset
+
+    class Counting(torch.utils.data.Dataset):
+        def __init__(self, ds):
+            self.ds = ds
+
+        def __len__(self):
+            return len(self.ds)
+
+        def __getitem__(self, i):
+            reads.append(i)
+            return self.ds[i]
+
+    def counting(*args, **kw):
+        return Counting(build(*args, **kw))
+
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(core.data, "build_dataset", counting)  # num_workers=0: reads counted in-process
+    data = load_data(_boed_config(tmp_path / "celeba", num_workers=0), folder=tmp_path / "run")
+    assert sorted(reads) == list(range(16))  # 10 + 2 + 4 images once each; the database (4..6) not again
+    monkeypatch.setattr(core.data, "build_dataset", build)
+    assert data["database"].images.data_ptr() == data["train"].images[4].data_ptr()  # a view, no copy
+    smiling, male = CELEBA_ATTRIBUTES.index("Smiling"), CELEBA_ATTRIBUTES.index("Male")
+    assert data["test"].labels.tolist() == (attrs[12:16][:, [smiling, male]] > 0).astype(float).tolist()
+    assert not data["database"].labels.any()  # database labels are never used
+    ds = build(str(tmp_path / "celeba"), "train", image_size=32, channels=3, label_column=["Smiling", "Male"])
+    assert torch.equal(data["val"].images[1], (ds[11][0] * 255).round().to(torch.uint8))
+
+    workers = load_data(_boed_config(tmp_path / "celeba", num_workers=1), folder=tmp_path / "run")
+    for split in ("train", "val", "test", "database"):
+        assert torch.equal(workers[split].images, data[split].images)
+        assert torch.equal(workers[split].labels, data[split].labels)
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    assert any(f"{tmp_path / 'run'}/" in m and m.endswith("(deleted)") for m in maps)  # file-backed, unlinked
+    assert not any((tmp_path / "run").iterdir())
 
 
 def _idx(path: Path, array: np.ndarray) -> None:
@@ -319,7 +378,7 @@ def test_boed_celeba_hq_paper_config_trains_on_a_prepared_fake(tmp_path):
         f"dataset={tmp_path / 'celeba'}", "tasks=Smiling,Male", "image_size=32", "lattice=5",
         "sequences_per_task=2", "design_size=4", "train_size=10", "val_size=2", "test_size=4",
         "database_size=2", "num_samples=4", "posterior_steps=1", "posterior_batch_size=4", "max_steps=1",
-        "batch_size=4", "eval_every=1", "replicates=1", "heatmap_images=2", "num_workers=0",
+        "batch_size=4", "eval_every=1", "replicates=1", "heatmap_images=2", "num_workers=1",
         "checkpoint_every=0", "log_every=1"])
     assert metrics
 
