@@ -178,7 +178,8 @@ def evaluate(accelerator: Accelerator, model, loader: DataLoader, eval_fn: EvalF
     with torch.no_grad(), torch.random.fork_rng(devices=devices):
         # Stochastic eval (sampled glimpses) is reproducible and leaves training's RNG stream alone.
         torch.manual_seed(seed)
-        for batch in loader:
+        for batch in tqdm(loader, desc="eval", leave=False, dynamic_ncols=True,
+                          disable=not accelerator.is_local_main_process):
             out = eval_fn(accelerator.unwrap_model(model), batch)
             for name, v in out.items():
                 if not isinstance(v, torch.Tensor) or v.ndim != 1:

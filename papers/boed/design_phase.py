@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from accelerate import PartialState
 from accelerate.utils import gather_object
+from tqdm.auto import tqdm
 
 from core.glimpse import lattice_top_left, observation_mask
 from core.train import train
@@ -97,7 +98,8 @@ def design_all(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], epe0: t
     log: list[dict] = []
     path = lambda k, i: out / "sequences" / cfg.tasks[k] / f"{i}.txt"  # noqa: E731
     jobs = [(k, i) for k in range(len(cfg.tasks)) for i in range(cfg.sequences_per_task)]
-    for k, i in jobs[state.process_index::state.num_processes]:
+    for k, i in tqdm(jobs[state.process_index::state.num_processes], desc="design", dynamic_ncols=True,
+                     disable=not state.is_local_main_process):
         if path(k, i).exists():
             continue
         generator = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + k * 10_007 + i)
