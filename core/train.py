@@ -208,14 +208,19 @@ def write_run_record(out: Path, accelerator: Accelerator, channels_last: bool, c
     return out / "run.json"
 
 
+def data_workers(num_workers: int | None, processes: int = 1) -> int:
+    """`num_workers`, or with None one per core available to each of `processes` processes less one for
+    the training loop, at most 8."""
+    if num_workers is not None:
+        return num_workers
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return min(8, max(cores // processes - 1, 0))
+
+
 def loader_options(loop: LoopConfig, accelerator: Accelerator) -> dict:
-    """DataLoader keyword arguments that keep an accelerator fed: workers (the configured number, or with
-    None one per core available to this process less one for the training loop, at most 8), kept alive
+    """DataLoader keyword arguments that keep an accelerator fed: workers (`data_workers`), kept alive
     across evaluations, prefetching 4 batches each, and page-locked batches on CUDA."""
-    workers = loop.num_workers
-    if workers is None:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        workers = min(8, max(cores // accelerator.num_processes - 1, 0))
+    workers = data_workers(loop.num_workers, accelerator.num_processes)
     extra = dict(persistent_workers=True, prefetch_factor=4) if workers else {}
     return dict(num_workers=workers, pin_memory=accelerator.device.type == "cuda", **extra)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from core.data import build_dataset
@@ -151,6 +152,64 @@ def test_celeba_hq_imagefolder_with_attributes_in_index_order(tmp_path):
         assert labels.tolist() == (attrs[i] > 0).astype(float).tolist()
 
 
+def _boed_config(dataset: Path, **kw):
+    import dataclasses
+
+    from papers.boed.config import get_config
+
+    return dataclasses.replace(get_config("celeba-hq"), dataset=str(dataset), tasks=("Smiling", "Male"),
+                               image_size=32, train_size=10, design_size=4, sequences_per_task=2, val_size=2,
+                               test_size=4, database_size=3, **kw)
+
+
+def test_boed_paper_scale_loader_decodes_once_in_workers_into_a_file_backed_array(tmp_path, monkeypatch):
+    """BOED at paper scale: the train / val / test ranges and the retrieval database carved from the
+    training range are decoded once (each image read once), by DataLoader workers, into an array backed by a
+    deleted file in the run folder (so the page cache, not the process, holds the pixels, and nothing is left
+    behind), with the values the in-memory path had."""
+    import core.data
+    from papers.boed.config import CELEBA_ATTRIBUTES
+    from papers.boed.splits import load_data
+
+    attrs = fake_celeba_hq(tmp_path / "src", n=16)
+    prepare("celeba-hq", tmp_path / "src", tmp_path / "celeba", size=32)
+    reads, build = [], core.data.build_dataset
+
+    class Counting(torch.utils.data.Dataset):
+        def __init__(self, ds):
+            self.ds = ds
+
+        def __len__(self):
+            return len(self.ds)
+
+        def __getitem__(self, i):
+            reads.append(i)
+            return self.ds[i]
+
+    def counting(*args, **kw):
+        return Counting(build(*args, **kw))
+
+    (tmp_path / "run").mkdir()
+    monkeypatch.setattr(core.data, "build_dataset", counting)  # num_workers=0: reads counted in-process
+    data = load_data(_boed_config(tmp_path / "celeba", num_workers=0), folder=tmp_path / "run")
+    assert sorted(reads) == list(range(16))  # 10 + 2 + 4 images once each; the database (4..6) not again
+    monkeypatch.setattr(core.data, "build_dataset", build)
+    assert data["database"].images.data_ptr() == data["train"].images[4].data_ptr()  # a view, no copy
+    smiling, male = CELEBA_ATTRIBUTES.index("Smiling"), CELEBA_ATTRIBUTES.index("Male")
+    assert data["test"].labels.tolist() == (attrs[12:16][:, [smiling, male]] > 0).astype(float).tolist()
+    assert not data["database"].labels.any()  # database labels are never used
+    ds = build(str(tmp_path / "celeba"), "train", image_size=32, channels=3, label_column=["Smiling", "Male"])
+    assert torch.equal(data["val"].images[1], (ds[11][0] * 255).round().to(torch.uint8))
+
+    workers = load_data(_boed_config(tmp_path / "celeba", num_workers=1), folder=tmp_path / "run")
+    for split in ("train", "val", "test", "database"):
+        assert torch.equal(workers[split].images, data[split].images)
+        assert torch.equal(workers[split].labels, data[split].labels)
+    maps = Path("/proc/self/maps").read_text().splitlines()
+    assert any(f"{tmp_path / 'run'}/" in m and m.endswith("(deleted)") for m in maps)  # file-backed, unlinked
+    assert not any((tmp_path / "run").iterdir())
+
+
 def _idx(path: Path, array: np.ndarray) -> None:
     header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
     with gzip.open(path, "wb") as f:
@@ -170,6 +229,47 @@ def test_mnist_idx_decompressed_and_checked(tmp_path):
     assert prepare("mnist", tmp_path / "src", tmp_path / "dst") == {"train": 20, "test": 10}
     assert (tmp_path / "dst/train-images-idx3-ubyte").is_file()
     assert len(build_dataset(str(tmp_path / "dst"), "test", num_classes=10)) == 10
+
+
+FLICKR_WORDS = ("dog", "runs", "on", "grass", "child", "climbs", "stairs")
+
+
+def fake_flickr8k(root: Path, n: int = 6) -> list[str]:
+    """Flickr8k_Dataset.zip and Flickr8k_text.zip unpacked into one folder as distributed: the images in
+    Flicker8k_Dataset/ (sic, with the archive's __MACOSX/ beside it), and in Flickr8k_text/ the tab-separated
+    "<image>#<k>\\t<caption>" token file (with its stray "<image>.jpg.1" group of an image no split lists,
+    CRLF line ends), the split lists, the lemmatised captions and readme. Returns the image names."""
+    names = [f"{1000268201 + i}_{i:010x}.jpg" for i in range(n)]
+    for i, name in enumerate(names):
+        _jpeg(root / "Flicker8k_Dataset" / name, (50 + 4 * i, 37), value=30 * i)
+    _jpeg(root / "__MACOSX" / "Flicker8k_Dataset" / f"._{names[0]}")
+    text = root / "Flickr8k_text"
+    text.mkdir()
+    lines = [f"{name}#{k}\tA {FLICKR_WORDS[(i + k) % 7]} {FLICKR_WORDS[k % 7]} , {i} ."
+             for i, name in enumerate(names) for k in range(5)]
+    lines += [f"2258277193_586949ec62.jpg.1#{k}\tA stray caption ." for k in range(5)]
+    (text / "Flickr8k.token.txt").write_bytes("\r\n".join(lines).encode() + b"\r\n")
+    (text / "Flickr8k.lemma.token.txt").write_text("\n".join(lines) + "\n")
+    (text / "readme.txt").write_text("Flickr8k\n")
+    for split, chosen in (("train", names[:-2]), ("dev", names[-2:-1]), ("test", names[-1:])):
+        (text / f"Flickr_8k.{split}Images.txt").write_text("\n".join(chosen) + "\n")
+    return names
+
+
+def test_flickr8k_read_as_distributed(tmp_path):
+    from core.data.captions import build_caption_dataset
+
+    names = fake_flickr8k(tmp_path / "flickr8k")
+    train = build_caption_dataset(str(tmp_path / "flickr8k"), "train", image_size=16, min_count=1)
+    assert train.num_images == 4 and len(train) == 20  # 5 (image, caption) pairs per listed image
+    assert train.references(1)[2] == ["a", FLICKR_WORDS[3], FLICKR_WORDS[2], "1"]  # lower case, no "," or "."
+    assert "stray" not in train.vocab.stoi  # the unlisted .jpg.1 group is ignored
+    image, _, _ = train[0]
+    assert image.shape == (3, 16, 16)
+    test = build_caption_dataset(str(tmp_path / "flickr8k"), "test", image_size=16, vocab=train.vocab,
+                                 pairs=False)
+    assert len(test) == 1 and len(test.references(0)) == 5
+    assert float(test[0][0].mean()) == pytest.approx(30 * (len(names) - 1) / 255, abs=0.02)
 
 
 def test_cli_one_line_error(tmp_path):
@@ -278,6 +378,15 @@ def test_boed_celeba_hq_paper_config_trains_on_a_prepared_fake(tmp_path):
         f"dataset={tmp_path / 'celeba'}", "tasks=Smiling,Male", "image_size=32", "lattice=5",
         "sequences_per_task=2", "design_size=4", "train_size=10", "val_size=2", "test_size=4",
         "database_size=2", "num_samples=4", "posterior_steps=1", "posterior_batch_size=4", "max_steps=1",
-        "batch_size=4", "eval_every=1", "replicates=1", "heatmap_images=2", "num_workers=0",
+        "batch_size=4", "eval_every=1", "replicates=1", "heatmap_images=2", "num_workers=1",
         "checkpoint_every=0", "log_every=1"])
     assert metrics
+
+
+@pytest.mark.slow
+def test_wsram_flickr8k_paper_config_trains_one_step_on_the_download_as_distributed(tmp_path):
+    fake_flickr8k(tmp_path / "flickr8k")  # read as downloaded: Flickr8k needs no preparation
+    metrics = _train("wsram.captions", "flickr8k", tmp_path / "run", [
+        f"dataset={tmp_path / 'flickr8k'}", "batch_size=2", "max_steps=1", "probe_size=2", "log_every=1",
+        "checkpoint_every=0", "num_workers=0"])
+    assert metrics["steps"] == 1 and 0 <= metrics["bleu1"] <= 100 and metrics["test_nll"] > 0

@@ -186,6 +186,12 @@ FLICKR8K_IMAGES = "Flicker8k_Dataset"  # sic: the official archive's folder name
 FLICKR8K_TOKENS = "Flickr8k.token.txt"
 FLICKR8K_SPLITS = {"train": "Flickr_8k.trainImages.txt", "val": "Flickr_8k.devImages.txt",
                    "test": "Flickr_8k.testImages.txt"}
+FLICKR8K_TEXT = "Flickr8k_text"  # the folder some unpack Flickr8k_text.zip into, beside Flicker8k_Dataset/
+
+
+def _flickr8k_text(root: Path) -> Path:
+    """Where the caption and split files are: the root, or its Flickr8k_text/ folder."""
+    return root / FLICKR8K_TEXT if (root / FLICKR8K_TEXT / FLICKR8K_TOKENS).exists() else root
 
 
 def _prepare(image: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -207,24 +213,29 @@ def _vocab_or_build(vocab: Vocabulary | None, captions: list[list[list[str]]], s
 
 def load_flickr8k(root: str | Path, split: str, image_size: int = 224, max_len: int = 20,
                   min_count: int = 5, vocab: Vocabulary | None = None, pairs: bool = True) -> CaptionDataset:
-    """Flickr8k from a folder in the standard layout: Flicker8k_Dataset/*.jpg, Flickr8k.token.txt
+    """Flickr8k as distributed (Flickr8k_Dataset.zip and Flickr8k_text.zip unpacked into one folder):
+    Flicker8k_Dataset/*.jpg, and at the root or in Flickr8k_text/ the captions Flickr8k.token.txt
     ("<image>#<k>\\t<caption>" lines) and the standard split lists Flickr_8k.{train,dev,test}Images.txt
     (6,000 / 1,000 / 1,000 images, the protocol of Karpathy & Fei-Fei that §5.2 follows). split "val" reads
-    the dev list. The vocabulary (words seen >= min_count times in training captions) is built on "train".
+    the dev list. Captions of images no split lists are ignored (the token file's stray
+    "2258277193_586949ec62.jpg.1" group). The vocabulary (words seen >= min_count times in training
+    captions) is built on "train".
     """
     root = Path(root).expanduser()
     if split not in FLICKR8K_SPLITS:
         raise UserError(f"Flickr8k splits are {', '.join(FLICKR8K_SPLITS)}, got {split!r}")
-    for needed in (FLICKR8K_IMAGES, FLICKR8K_TOKENS, FLICKR8K_SPLITS[split]):
-        if not (root / needed).exists():
-            raise UserError(f"Flickr8k folder {root} has no {needed} (expected the standard layout: "
-                            f"{FLICKR8K_IMAGES}/, {FLICKR8K_TOKENS}, {', '.join(FLICKR8K_SPLITS.values())})")
+    text_dir = _flickr8k_text(root)
+    for needed in (root / FLICKR8K_IMAGES, text_dir / FLICKR8K_TOKENS, text_dir / FLICKR8K_SPLITS[split]):
+        if not needed.exists():
+            raise UserError(f"Flickr8k folder {root} has no {needed.relative_to(root)} (expected the layout "
+                            f"as unpacked: {FLICKR8K_IMAGES}/ and, at the root or in {FLICKR8K_TEXT}/, "
+                            f"{FLICKR8K_TOKENS}, {', '.join(FLICKR8K_SPLITS.values())})")
     by_image: dict[str, list[list[str]]] = {}
-    for line in (root / FLICKR8K_TOKENS).read_text(errors="replace").splitlines():
+    for line in (text_dir / FLICKR8K_TOKENS).read_text(errors="replace").splitlines():
         key, tab, text = line.partition("\t")
         if tab:
             by_image.setdefault(key.split("#")[0].strip(), []).append(tokenize(text))
-    names = [s.strip() for s in (root / FLICKR8K_SPLITS[split]).read_text().splitlines() if s.strip()]
+    names = [s.strip() for s in (text_dir / FLICKR8K_SPLITS[split]).read_text().splitlines() if s.strip()]
     missing = [n for n in names if n not in by_image]
     if missing:
         raise UserError(f"{FLICKR8K_TOKENS} has no captions for {missing[0]} ({len(missing)} images of the "
@@ -283,7 +294,7 @@ def build_caption_dataset(name: str, split: str, **kw) -> CaptionDataset:
     if name == "digit-captions":
         return DigitCaptions(split, **kw)
     path = Path(name).expanduser()
-    if (path / FLICKR8K_TOKENS).exists() or (path / FLICKR8K_IMAGES).exists():
+    if (_flickr8k_text(path) / FLICKR8K_TOKENS).exists() or (path / FLICKR8K_IMAGES).exists():
         return load_flickr8k(path, split, **kw)
     if path.exists() and not path.is_dir():
         raise UserError(f"caption dataset path {path} is a file; pass a folder or a hub id")

@@ -186,8 +186,9 @@ class BOEDConfig:
     """Updates between resumable checkpoints of each network."""
     log_every: int = 100
     """Updates between logged training statistics."""
-    num_workers: int = 4
-    """DataLoader workers."""
+    num_workers: int | None = None
+    """DataLoader workers decoding a real dataset once and feeding training (None: one per available core
+    less one, at most 8; core.train.data_workers)."""
 
     def __post_init__(self):
         if self.num_glimpses < 1 or self.glimpse_size < 1 or self.lattice < 1:

@@ -138,7 +138,7 @@ def evaluate_run(run_dir: Path, split: str, batch_size: int) -> dict[str, float]
     tasks = [k for _, k in layout]
     model = build_model(cfg, members=len(tasks), adaptive=adaptive)
     step = load_weights(model, run_dir / ("adaptive" if adaptive else "attention"), strict=False)
-    data = load_data(cfg, (split,))[split]
+    data = load_data(cfg, (split,), run_dir)[split]
     labels = data.labels[:, tasks].long()
     out = rollout_dataset(model, data.images_float(), labels, batch_size, cfg.seed, cfg.eval_samples)
     result = {"step": float(step)}

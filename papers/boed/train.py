@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     begin_run(cfg, out)
     needs_design = cfg.experiment == "flops" or "partial" in cfg.conditions
     splits = ("train", "val", "test") + (("database",) if needs_design else ())
-    data = load_data(cfg, splits)
+    data = load_data(cfg, splits, out)
     start = time.perf_counter()
     metrics, figure = EXPERIMENTS[cfg.experiment](cfg, data, out, state)
     if not state.is_main_process:

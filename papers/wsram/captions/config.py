@@ -88,8 +88,9 @@ class CaptionConfig:
     """Test images captioned for Table 2's BLEU (0: the whole test split: 1,000 Flickr8k images)."""
     checkpoint_every: int = 5_000
     """Updates between resumable checkpoints (0: only at the end)."""
-    num_workers: int = 4
-    """DataLoader workers decoding images (0 for made scenes, which are in memory)."""
+    num_workers: int | None = None
+    """DataLoader workers decoding images (None: one per available core less one, at most 8; core.train;
+    0 for made scenes, which are in memory)."""
 
     def __post_init__(self):
         if self.use_q and self.estimator != "wsram":
