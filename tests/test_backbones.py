@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from core.backbones import build_backbone, list_backbones
-from core.backbones.bagnet import Conv2dSame, keras_init_, pad_same
+from core.backbones.bagnet import Conv2dSame, PointwiseConv, keras_init_, pad_same
 from core.backbones.efficientnet import MBConv, se_multiplications
 from core.errors import UserError
 from core.metrics import count_multiplications, count_parameters
@@ -131,6 +131,38 @@ def test_real_forward_backward_small_width(name):
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(g.abs().sum() > 0 for g in grads)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_channels_last_matches_contiguous_forward_and_backward(name):
+    # Training runs in channels_last on CPU too. Float64 makes the comparison exact (some gradients are 0 in
+    # exact arithmetic, float32 noise in either format); the float32 pass runs the oneDNN kernels, where a
+    # strided 1x1 conv's backward segfaulted in torch 2.13 on maps this large (hence PointwiseConv).
+    torch.manual_seed(0)
+    model = build_backbone(name, width=0.125, num_classes=5, in_channels=1)
+    x = torch.randn(2, 1, 160, 160)
+    model.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last)).sum().backward()
+    model, x = model.double(), x.double()
+    results = []
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        model = model.to(memory_format=fmt)
+        model.zero_grad()
+        torch.manual_seed(1)  # the same drop-path masks
+        logits = model(x.contiguous(memory_format=fmt))
+        logits.sum().backward()
+        results.append((logits, [p.grad.clone() for p in model.parameters()]))
+    (a, grads_a), (b, grads_b) = results
+    torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(ga, gb, rtol=1e-9, atol=1e-10)
+
+
+def test_pointwise_conv_is_a_strided_1x1_conv():
+    torch.manual_seed(0)
+    conv = PointwiseConv(4, 6, stride=2)
+    x = torch.randn(2, 4, 15, 16)
+    torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, stride=2))
+    assert conv(x).shape == (2, 6, 8, 8)  # ceil(n / 2), as a strided conv
 
 
 # ----------------------------------------------------------------------------- FLOPs (multiplications)

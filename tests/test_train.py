@@ -136,7 +136,7 @@ def test_precision_defers_to_the_launcher_and_is_recorded(tmp_path, monkeypatch,
     assert seen[-1] == (torch.bfloat16 if used == "bf16" else None)  # the precision takes effect
     assert json.loads((tmp_path / "run.json").read_text()) == {
         "mixed_precision": used, "device": "cpu", "num_processes": 1,
-        "memory_format": "contiguous", "compile": "none"}  # channels_last applies on CUDA only
+        "memory_format": "channels_last", "compile": "none"}
     AcceleratorState._reset_state(True)
 
 

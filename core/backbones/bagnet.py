@@ -55,6 +55,18 @@ class Conv2dSame(nn.Conv2d):
         return super().forward(x)
 
 
+class PointwiseConv(nn.Conv2d):
+    """A 1x1 conv (stride s) computed as subsample-then-convolve: the same numbers and multiplications,
+    but torch 2.13's CPU backward of a strided 1x1 conv in channels_last segfaults on large maps."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int = 1, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, stride, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sh, sw = self.stride
+        return F.conv2d(x[:, :, ::sh, ::sw], self.weight, self.bias)
+
+
 def keras_init_(weight: torch.Tensor, scale: float, mode: str, distribution: str,
                 depthwise: bool = False) -> None:
     """Keras `VarianceScaling(scale, mode, distribution)` on a torch conv/linear weight.
@@ -124,7 +136,7 @@ class TNetBottleneck(nn.Module):
         self.crop = (kernel_size - 1) // 2, kernel_size // 2  # floor / ceil of (k-1)/2
         self.crop_shortcut = padding == "valid" and kernel_size > 1
         # A 1x1 conv with "same" padding never pads, so a plain strided conv matches TF exactly.
-        self.shortcut = (nn.Conv2d(in_channels, out_channels, 1, stride)
+        self.shortcut = (PointwiseConv(in_channels, out_channels, stride)
                          if stride > 1 or in_channels != out_channels else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -244,7 +256,7 @@ class LowDBottleneck(nn.Module):
         nn.init.zeros_(self.bn3.weight)
         self.crop = kernel_size == 3
         if stride != 1 or in_channels != out_channels:
-            self.shortcut = nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
+            self.shortcut = PointwiseConv(in_channels, out_channels, stride, bias=False)
             self.bn_downsample = _bn(out_channels)
         else:
             self.shortcut = self.bn_downsample = None

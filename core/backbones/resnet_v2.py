@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.backbones import register_backbone
-from core.backbones.bagnet import pad_same
+from core.backbones.bagnet import PointwiseConv, pad_same
 from core.errors import UserError
 
 BLOCK_UNITS = (3, 4, 6, 3)
@@ -41,7 +41,7 @@ class PreActBottleneck(nn.Module):
         super().__init__()
         self.stride = stride
         self.preact = _bn(in_channels)
-        self.shortcut = nn.Conv2d(in_channels, depth, 1, stride) if in_channels != depth else None
+        self.shortcut = PointwiseConv(in_channels, depth, stride) if in_channels != depth else None
         self.conv1, self.bn1 = nn.Conv2d(in_channels, bottleneck, 1, bias=False), _bn(bottleneck)
         # slim's conv2d_same pads (k-1)//2 per side then convolves "valid": torch's padding=1.
         self.conv2 = nn.Conv2d(bottleneck, bottleneck, 3, stride, padding=1, bias=False)
