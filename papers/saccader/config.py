@@ -237,8 +237,9 @@ CONFIGS: dict[str, dict] = {
                                   lr_representation=0.9),
     "imagenet-dram": dict(model="dram", stages=STAGES["dram"], l2_location=0.0),
     "cpu": dict(_CPU_TASK, variants=("saccader", "no_location_pretraining"), occlusion_classifier=True,
-                # ~440 CPU-s per run with 1 thread (BagNet-lowD at 160 px: ~0.55 CPU-s per update of eq. 4
-                # or 6). Eq. 4 keeps 400 updates: 300 left BagNet at 0.51 from all locations (400: 0.83).
+                # 410-435 CPU-s per run with 1 thread in channels_last (BagNet-lowD at 160 px: ~0.40 CPU-s
+                # per update of eq. 4, ~0.45 of eq. 6). Eq. 4 keeps 400 updates: 300 left BagNet at 0.51 from
+                # all locations (400: 0.83).
                 steps_representation=400, steps_location=150, steps_policy=120, steps_classifier=600,
                 # eq. 6 at the paper's 0.01 (batch 1024) collapses the location-pretrained Saccader at
                 # batch 32 (reward 0.28 -> 0.09 within 20 updates; 1e-3: test accuracy 0.36 -> 0.26);
