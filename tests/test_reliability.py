@@ -81,6 +81,24 @@ def test_unknown_config_is_one_line_error_from_the_command_line(folder):
                           "no-such-config")
 
 
+@pytest.mark.smoke
+@pytest.mark.parametrize("processes", [1, 2])
+def test_script_error_under_accelerate_launch_quiet_is_one_line(processes):
+    """`accelerate launch -q`: the script's line and nothing from the launcher on one process (exit 1 is the
+    launcher's); on two, rank 1 stays silent, so the line is not repeated before torch's failure summary."""
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--num_processes", str(processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           *(["--multi_gpu"] if processes > 1 else []),
+           str(ROOT / "papers" / "wsram" / "train.py"), "--config", "no-such-config"]
+    proc = subprocess.run(cmd, env={**ENV, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""},
+                          capture_output=True, text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1 and "no-such-config" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    if processes == 1:
+        assert proc.stderr.strip() == errors[0]
+
+
 def run_main(paper: str, capsys, *args: str) -> subprocess.CompletedProcess:
     """papers/<paper>/train.py as its __main__ runs it, in this process (saves the interpreter start-up)."""
     main = importlib.import_module(f"papers.{paper}.train").main
