@@ -3,6 +3,9 @@ pipeline (papers/<paper>/preprocess.py), checked on their distinguishing propert
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -29,6 +32,35 @@ def test_resize_matches_tf_conventions():
     assert torch.allclose(tf_image.resize(image, (80, 120), "legacy_bicubic")[:, ::2, ::2], image, atol=1e-5)
     methods = {m: tf_image.resize(image, (17, 29), m) for m in tf_image.RESIZE_METHODS}
     assert len({round(float(v.sum()), 4) for v in methods.values()}) == len(methods)  # eight distinct methods
+
+
+TF_REFERENCE = Path(__file__).parent / "fixtures" / "tf_reference" / "tf_image.npz"
+
+
+def test_every_op_matches_tensorflow_on_stored_outputs():
+    """Side by side with TensorFlow itself: tf_image.npz holds TF's outputs (tests/fixtures/tf_reference/make.py
+    wrote it with tensorflow-cpu; its version is stored) of every resize method at three sizes, RGB -> HSV
+    and the four colour adjustments. Float32 rounding is all that may differ."""
+    reference = np.load(TF_REFERENCE)
+    image = torch.from_numpy(reference["image"]).permute(2, 0, 1).double()
+    checked = set()
+    for key in reference.files:
+        op, *args = key.split("/")
+        if op == "resize":
+            method, size = args
+            checked.add(method)
+            ours = tf_image.resize(image, tuple(map(int, size.split("x"))), method)
+        elif op == "rgb_to_hsv":
+            ours = tf_image.rgb_to_hsv(image)
+        elif op.startswith("adjust_"):
+            checked.add(op)
+            ours = getattr(tf_image, op)(image, float(args[0]))
+        else:
+            continue
+        difference = np.abs(ours.permute(1, 2, 0).numpy() - reference[key]).max()
+        assert difference < 1e-5, f"{key}: {difference:.1e} from TensorFlow {reference['tensorflow_version']}"
+    assert checked == {*tf_image.RESIZE_METHODS, "adjust_hue", "adjust_saturation", "adjust_contrast",
+                       "adjust_brightness"}
 
 
 def test_sample_distorted_bounding_box_respects_its_constraints():

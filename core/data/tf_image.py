@@ -96,6 +96,12 @@ _KERNELS = {  # name: (radius, kernel on |x|), TF's sampling_kernels.h
 RESIZE_METHODS = (*_KERNELS, "nearest", "area", "legacy_bicubic")
 
 
+def _table_offset(fraction: torch.Tensor) -> torch.Tensor:
+    """TF's bicubic resize reads its kernel from a table of 1,024 steps per pixel (resize_bicubic_op.cc,
+    kTableSize), in float32: the sub-pixel offset is rounded to the nearest 1/1024 (ties to even, lrintf)."""
+    return torch.round(fraction * 1024) / 1024
+
+
 def _weights(n_in: int, n_out: int, method: str) -> torch.Tensor:
     """(n_out, n_in) matrix M with out = M @ in along one axis."""
     scale = n_in / n_out
@@ -110,9 +116,9 @@ def _weights(n_in: int, n_out: int, method: str) -> torch.Tensor:
         overlap = (torch.minimum(hi[:, None], start + 1) - torch.maximum(lo[:, None], start)).clamp(min=0)
         return overlap / scale
     if method == "legacy_bicubic":  # TF1 resize_bicubic: x = i * scale, taps clamped to the edge
-        x = torch.arange(n_out, dtype=torch.float64) * scale
+        x = (torch.arange(n_out, dtype=torch.float32) * torch.tensor(scale, dtype=torch.float32)).double()
         x0 = x.floor()
-        t = (x - x0)[:, None]
+        t = _table_offset(x - x0)[:, None]
         offsets = torch.arange(-1, 3, dtype=torch.float64)
         d = (t - offsets).abs()
         a = -0.75
@@ -123,6 +129,10 @@ def _weights(n_in: int, n_out: int, method: str) -> torch.Tensor:
     if method not in _KERNELS:
         raise UserError(f"unknown resize method {method!r}; choose from {', '.join(RESIZE_METHODS)}")
     radius, kernel = _KERNELS[method]
+    if method == "bicubic":  # TF's resize_bicubic kernel (half-pixel centres), with its tabulated offsets
+        x = ((torch.arange(n_out, dtype=torch.float32) + 0.5) * torch.tensor(scale, dtype=torch.float32)
+             - 0.5).double()
+        centre = x.floor() + _table_offset(x - x.floor()) + 0.5
     w = kernel((src[None] - centre[:, None]).abs()) * ((src[None] - centre[:, None]).abs() < radius)
     total = w.sum(1, keepdim=True)
     return torch.where(total != 0, w / total.where(total != 0, torch.ones_like(total)), w)
