@@ -38,9 +38,9 @@ TF_REFERENCE = Path(__file__).parent / "fixtures" / "tf_reference" / "tf_image.n
 
 
 def test_every_op_matches_tensorflow_on_stored_outputs():
-    """Side by side with TensorFlow itself: tf_image.npz holds TF's outputs (tests/fixtures/tf_reference/make.py
-    wrote it with tensorflow-cpu; its version is stored) of every resize method at three sizes, RGB -> HSV
-    and the four colour adjustments. Float32 rounding is all that may differ."""
+    """Side by side with TensorFlow itself: tf_image.npz holds TF's outputs (written with tensorflow-cpu by
+    tests/fixtures/tf_reference/make.py; its version is stored) of every resize method at three sizes,
+    RGB -> HSV and the four colour adjustments. Float32 rounding is all that may differ."""
     reference = np.load(TF_REFERENCE)
     image = torch.from_numpy(reference["image"]).permute(2, 0, 1).double()
     checked = set()
