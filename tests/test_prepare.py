@@ -365,8 +365,8 @@ def test_saccader_imagenet_paper_config_trains_every_stage_on_a_prepared_fake(tm
     fake_ilsvrc(tmp_path / "ilsvrc")
     prepare("imagenet", tmp_path / "ilsvrc", tmp_path / "imagenet")
     metrics = _train("saccader", "imagenet", tmp_path / "run", [
-        f"dataset={tmp_path / 'imagenet'}", "num_classes=3", "batch_size=2", "steps_representation=1",
-        "steps_location=1", "steps_policy=1", "checkpoint_every=0", "log_every=1"])
+        f"dataset={tmp_path / 'imagenet'}", "num_classes=3", "batch_size=2", "representation.steps=1",
+        "location.steps=1", "policy.steps=1", "checkpoint_every=0", "log_every=1"])
     assert metrics
 
 

@@ -8,13 +8,15 @@ import math
 import pytest
 import torch
 
+from core.cli import check_learning_rates, override
 from core.errors import UserError
 from core.metrics import count_parameters
 from core.reproduce import REPO_ROOT
 from core.reproduce import main as reproduce
 from core.results import load_result
+from core.runs import config_from_dict, config_to_dict
 from papers.saccader import figures
-from papers.saccader.config import get_config
+from papers.saccader.config import STAGES, Stage, get_config
 from papers.saccader.data import DigitPairs
 from papers.saccader.dram import DRAM, TFLSTMCell
 from papers.saccader.evaluate import evaluate_run, interpolate, occlude, occlusion_standard_errors, parts_seen
@@ -409,3 +411,17 @@ def test_paper_scale_train_and_eval_step(name, tmp_path, tiny_imagenet):
     assert 0 <= metrics["test_accuracy"] <= 1
     assert metrics["test_accuracy"] == metrics["accuracy_learned_T6"]  # T = 6 (eq. 6, App. C)
     assert 0 < metrics["coverage_learned_T6"] <= 1 and 0 <= metrics["occluded_accuracy_learned_T6"] <= 1
+
+
+@pytest.mark.unit
+def test_every_stage_is_one_nested_config_set_with_dots():
+    """Each stage (its learning rate and updates) is one Stage field named as the stage, reached on the
+    command line as `--set policy.lr=...`; the others stay as they were, and config.json round-trips."""
+    cfg = get_config("cpu")
+    names = {s for model in STAGES.values() for s in model} | {"classifier", "patch_classifier"}
+    assert all(isinstance(getattr(cfg, name), Stage) for name in names)
+    changed = override(override(cfg, "policy.lr", "0.02"), "policy.steps", "7")
+    assert changed.policy == Stage(lr=0.02, steps=7) and changed.location == cfg.location
+    assert config_from_dict(type(cfg), config_to_dict(changed)) == changed
+    with pytest.raises(UserError, match="policy.lr must be a non-negative"):
+        check_learning_rates(override(cfg, "policy.lr", "-1"))

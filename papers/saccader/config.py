@@ -17,7 +17,7 @@ released TF1 model code (facts in FACTS.md, Saccader and DRAM section). `get_con
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 from core.errors import UserError
@@ -30,6 +30,16 @@ STAGES = {  # stages each model can run, in order
 }
 VARIANTS = ("saccader", "no_location_pretraining", "no_attention_network")
 RECEPTIVE_FIELD = 77  # BagNet-77-lowD's receptive field: one glimpse is one location's patch (sec. 3.1)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: SGD with Nesterov momentum from `lr`, a linear warm-up and a cosine decay (App. C).
+    Set from the command line with dots: `--set policy.lr=3e-4 --set policy.steps=120`."""
+    lr: float
+    """Peak learning rate (after the warm-up)."""
+    steps: int = 0
+    """Optimiser updates (0: the config's `epochs` epochs); the CPU scale sets steps directly."""
 
 
 @dataclass
@@ -101,36 +111,27 @@ class SaccaderConfig:
     """Every stage trains for 120 epochs (sec. 3.2, Tables Supp.2-5)."""
     warmup_epochs: float = 10
     """Linear warm-up length of the cosine schedule, 10 epochs (App. C)."""
-    steps_representation: int = 0
-    """Updates of eq. 4 / eq. 7 (0: `epochs` epochs); CPU scale sets steps directly."""
-    steps_location: int = 0
-    """Updates of eq. 5 (0: `epochs` epochs)."""
-    steps_policy: int = 0
-    """Updates of eq. 6 / DRAM's hybrid loss (0: `epochs` epochs)."""
-    steps_dram_wide: int = 0
-    """Updates of DRAM's first pretraining stage, wide fields of view (0: `epochs` epochs)."""
-    steps_dram_narrow: int = 0
-    """Updates of DRAM's second pretraining stage, 77 px fields of view (0: `epochs` epochs)."""
-    steps_classifier: int = 0
-    """Updates of the occlusion analysis' whole-image classifier (0: `epochs` epochs)."""
-    steps_patch_classifier: int = 0
-    """Updates of the Saccader-NASNet patch classifier (0: `epochs` epochs)."""
+    # One field per stage (the Stage dataclass above); what each trains is fixed by the paper.
+    representation: Stage = field(default_factory=lambda: Stage(lr=0.5))
+    """Eq. 4 (Saccader) / eq. 7 (CNN baselines), trains the representation network: BagNet-77-lowD at 0.5
+    (Table Supp.2); ResNet-v2-50 0.9."""
+    location: Stage = field(default_factory=lambda: Stage(lr=0.2))
+    """Eq. 5, trains only the location network (attention network, mixing conv, cell) on the frozen
+    representation: 0.2 (Table Supp.5 *)."""
+    policy: Stage = field(default_factory=lambda: Stage(lr=0.01))
+    """Eq. 6 (Saccader) or DRAM's hybrid loss, trains every weight: 0.01 (Tables Supp.5 **, Supp.4 ***)."""
+    pretrain_wide: Stage = field(default_factory=lambda: Stage(lr=0.8))
+    """DRAM's classification pretraining on 200 x 200 fields of view, random policy, trains the
+    classification weights: 0.8 (Table Supp.4 *)."""
+    pretrain_narrow: Stage = field(default_factory=lambda: Stage(lr=0.001))
+    """DRAM's classification pretraining on 77 x 77 fields of view: 0.001 (Table Supp.4 **)."""
+    classifier: Stage = field(default_factory=lambda: Stage(lr=0.9))
+    """The occlusion analysis' whole-image ResNet-v2-50 (sec. 4.2): 0.9 (Table Supp.2)."""
+    patch_classifier: Stage = field(default_factory=lambda: Stage(lr=0.001))
+    """Saccader-NASNet (sec. 4.3), the patch classifier fine-tuned on Saccader's 77 px crops: 0.001
+    (Table Supp.2, NASNet-77)."""
     momentum: float = 0.9
     """Nesterov momentum 0.9 (sec. 3.2, App. C)."""
-    lr_representation: float = 0.5
-    """BagNet-77-lowD learning rate 0.5 (Table Supp.2); ResNet-v2-50 0.9."""
-    lr_location: float = 0.2
-    """Location pretraining (eq. 5) learning rate 0.2 (Table Supp.5 *)."""
-    lr_policy: float = 0.01
-    """Full Saccader training (eq. 6) and DRAM's hybrid training: 0.01 (Tables Supp.5 **, Supp.4 ***)."""
-    lr_classifier: float = 0.9
-    """Whole-image ResNet-v2-50 of the occlusion analysis: 0.9 (Table Supp.2)."""
-    lr_patch_classifier: float = 0.001
-    """Saccader-NASNet: fine-tuning NASNet on Saccader's 77 px crops at 0.001 (Table Supp.2, NASNet-77)."""
-    lr_dram_wide: float = 0.8
-    """DRAM pretraining on 200 x 200 fields of view: 0.8 (Table Supp.4 *)."""
-    lr_dram_narrow: float = 0.001
-    """DRAM pretraining on 77 x 77 fields of view: 0.001 (Table Supp.4 **)."""
     l2: float = 8e-5
     """lambda of eqs. 4, 6, 7, L2 on the classification weights (Tables Supp.2, 4, 5)."""
     l2_form: Literal["normalized", "sum"] = "normalized"
@@ -174,7 +175,7 @@ class SaccaderConfig:
     """Glimpse counts evaluated (x axis of Fig. 3a)."""
     eval_policies: tuple[str, ...] = ("random", "ordered_logits", "sobel_mean", "sobel_var")
     """Engineered policies compared with the learned one on BagNet-77-lowD (Fig. 3a, sec. 4.1)."""
-    patch_classifier: str = ""
+    patch_backbone: str = ""
     """Saccader-NASNet (sec. 4.3): a registered backbone ("resnet_v2_50", "efficientnet_b0", ...) trained
     on the 77 px patches the trained Saccader attends to, classifying them instead of BagNet ("": none)."""
     occlusion_classifier: bool = False
@@ -215,6 +216,12 @@ class SaccaderConfig:
                             f"({'DRAM glimpse' if self.model == 'dram' else 'BagNet receptive field'})")
 
 
+def _steps(**steps: int) -> dict[str, Stage]:
+    """Stages at the paper's learning rates with the given numbers of updates."""
+    defaults = SaccaderConfig()
+    return {name: dataclasses.replace(getattr(defaults, name), steps=n) for name, n in steps.items()}
+
+
 # The CPU task (`cpu`, `cpu-dram`): 160 px canvases with two key digits, one distractor digit and clutter;
 # BagNet-lowD at 1/16 width sees 11 x 11 = 121 locations 8 px apart with the paper's 77 px receptive field.
 _CPU_TASK = dict(dataset="digit-pairs", width=0.0625, num_classes=10, channels=1, image_size=160,
@@ -224,9 +231,9 @@ _CPU_TASK = dict(dataset="digit-pairs", width=0.0625, num_classes=10, channels=1
 _SMOKE_TASK = dict(dataset="digit-pairs", width=0.0625, num_classes=10, channels=1, image_size=96,
                    resnet_bn_decay=0.9,
                    train_size=8, eval_size=4, num_clutter=2, min_separation=34, margin=0, batch_size=4,
-                   log_every=1, checkpoint_every=0, num_workers=0, steps_representation=2, steps_location=2,
-                   steps_policy=2, steps_dram_wide=1, steps_dram_narrow=1, steps_classifier=1,
-                   pretrain_glimpses=3,
+                   log_every=1, checkpoint_every=0, num_workers=0, pretrain_glimpses=3,
+                   **_steps(representation=2, location=2, policy=2, pretrain_wide=1, pretrain_narrow=1,
+                            classifier=1),
                    train_glimpses=2, eval_glimpses=(1, 2), eval_policies=("random", "ordered_logits",
                    "sobel_mean", "sobel_var"), dram_pretrain_glimpse=86)
 
@@ -234,31 +241,30 @@ CONFIGS: dict[str, dict] = {
     "imagenet": {},
     "imagenet-bagnet77-lowd": dict(model="bagnet", stages=("representation",), batch_size=2048),
     "imagenet-resnet-v2-50": dict(model="resnet", stages=("representation",), batch_size=2048,
-                                  lr_representation=0.9),
+                                  representation=Stage(lr=0.9)),
     "imagenet-dram": dict(model="dram", stages=STAGES["dram"], l2_location=0.0),
     "cpu": dict(_CPU_TASK, variants=("saccader", "no_location_pretraining"), occlusion_classifier=True,
                 # 410-435 CPU-s per run with 1 thread in channels_last (BagNet-lowD at 160 px: ~0.40 CPU-s
                 # per update of eq. 4, ~0.45 of eq. 6). Eq. 4 keeps 400 updates: 300 left BagNet at 0.51 from
                 # all locations (400: 0.83).
-                steps_representation=400, steps_location=150, steps_policy=120, steps_classifier=600,
                 # eq. 6 at the paper's 0.01 (batch 1024) collapses the location-pretrained Saccader at
                 # batch 32 (reward 0.28 -> 0.09 within 20 updates; 1e-3: test accuracy 0.36 -> 0.26);
                 # the linear scaling rule, 0.01 x 32 / 1024 ~ 3e-4, keeps it (0.37, seed 0).
                 # eq. 5 averages over its 6 glimpses (official): 0.3 = the 0.05 tuned for the summed loss
                 # (same updates exactly: SGD without weight decay, nu = 0).
-                lr_representation=0.1, lr_location=0.3, lr_policy=3e-4, lr_classifier=0.1,
-                pretrain_glimpses=6),
+                representation=Stage(lr=0.1, steps=400), location=Stage(lr=0.3, steps=150),
+                policy=Stage(lr=3e-4, steps=120), classifier=Stage(lr=0.1, steps=600), pretrain_glimpses=6),
     # DRAM (issue #16): the glimpse network at width 1/8 (1/16 has 4-channel bottlenecks) and one warm-up +
     # cosine schedule over both pretraining stages at one rate (restarting a cosine per stage decayed each
     # short stage to 0 before the network left chance). A wide (143 px = 200/224 x 160) update costs ~2.5x
     # a 77 px one, so the wide stage is the shorter; the policy stage refuses a classifier < 2 x chance.
     "cpu-dram": dict(_CPU_TASK, model="dram", stages=STAGES["dram"], l2_location=0.0, width=0.125,
-                     steps_dram_wide=30, steps_dram_narrow=90, steps_policy=100, lr_dram_wide=0.1,
-                     lr_dram_narrow=0.1, lr_policy=0.01, dram_pretrain_glimpse=143,
+                     pretrain_wide=Stage(lr=0.1, steps=30), pretrain_narrow=Stage(lr=0.1, steps=90),
+                     policy=Stage(lr=0.01, steps=100), dram_pretrain_glimpse=143,
                      dram_pretraining_schedule="one"),
     "smoke": dict(_SMOKE_TASK, variants=("saccader", "no_location_pretraining"), occlusion_classifier=True,
-                  patch_classifier="resnet_v2_50", steps_patch_classifier=1, lr_representation=0.05,
-                  lr_location=0.05),
+                  patch_backbone="resnet_v2_50", representation=Stage(lr=0.05, steps=2),
+                  location=Stage(lr=0.05, steps=2), **_steps(patch_classifier=1)),
     "smoke-dram": dict(_SMOKE_TASK, model="dram", stages=STAGES["dram"], l2_location=0.0,
                        dram_pretraining_schedule="one", dram_min_pretrain_accuracy=0.0),
 }

@@ -240,10 +240,10 @@ def whole_image_classifier(cfg: SaccaderConfig) -> ResNetClassifier:
 
 
 def patch_classifier(cfg: SaccaderConfig) -> PatchClassifier:
-    """Saccader-NASNet's classifier (sec. 4.3) on cfg.patch_classifier, with the BN decay of the other
+    """Saccader-NASNet's classifier (sec. 4.3) on cfg.patch_backbone, with the BN decay of the other
     separately trained networks: at TF-slim's 0.997 a few hundred CPU-scale updates leave its moving
     statistics mostly those of the untrained network, and evaluation collapses."""
-    model = PatchClassifier(cfg.patch_classifier, cfg.num_classes, cfg.width, cfg.channels)
+    model = PatchClassifier(cfg.patch_backbone, cfg.num_classes, cfg.width, cfg.channels)
     return set_bn_decay(model, cfg.resnet_bn_decay)
 
 

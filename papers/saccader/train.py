@@ -154,9 +154,6 @@ def make_optimizer(cfg: SaccaderConfig, model, stage: str) -> torch.optim.Optimi
         groups = [(model.classification_parameters(), cfg.l2), (model.location_parameters(), cfg.l2_location)]
     else:
         groups = [(list(model.parameters()), cfg.l2)]
-    lr = {"representation": cfg.lr_representation, "location": cfg.lr_location, "policy": cfg.lr_policy,
-          "classifier": cfg.lr_classifier, "pretrain_wide": cfg.lr_dram_wide,
-          "pretrain_narrow": cfg.lr_dram_narrow, "patch_classifier": cfg.lr_patch_classifier}[stage]
     unregularised = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase)
                      for p in m.parameters()}
     unregularised |= {id(p) for name, p in model.named_parameters() if name.endswith("bias")}
@@ -175,7 +172,7 @@ def make_optimizer(cfg: SaccaderConfig, model, stage: str) -> torch.optim.Optimi
         kept = {id(p) for p in decayed}
         param_groups += [{"params": decayed, "weight_decay": decay},
                          {"params": [p for p in params if id(p) not in kept], "weight_decay": 0.0}]
-    return torch.optim.SGD(param_groups, lr=lr, momentum=cfg.momentum, nesterov=True)
+    return torch.optim.SGD(param_groups, lr=getattr(cfg, stage).lr, momentum=cfg.momentum, nesterov=True)
 
 
 def cosine_with_warmup(max_steps: int, warmup_steps: int):
@@ -200,11 +197,7 @@ class Pipeline:
 
     def steps(self, stage: str) -> int:
         cfg = self.cfg
-        steps = {"representation": cfg.steps_representation, "location": cfg.steps_location,
-                 "policy": cfg.steps_policy, "classifier": cfg.steps_classifier,
-                 "pretrain_wide": cfg.steps_dram_wide, "pretrain_narrow": cfg.steps_dram_narrow,
-                 "patch_classifier": cfg.steps_patch_classifier}[stage]
-        return steps or math.ceil(cfg.epochs * len(self.train_set) / cfg.batch_size)
+        return getattr(cfg, stage).steps or math.ceil(cfg.epochs * len(self.train_set) / cfg.batch_size)
 
     def fit(self, model, stage: str, folder: str, eval_fn, opt_cfg: SaccaderConfig | None = None,
             saccader=None, schedule: tuple[int, int] | None = None):
@@ -299,7 +292,7 @@ def run(cfg: SaccaderConfig, output_dir: str) -> dict[str, float]:
         if "policy" in cfg.stages:
             pipe.fit(model, "policy", f"{variant}/policy", make_eval_fn(cfg, [f"{name}=learned"], classifier))
         trained[variant] = model.eval()
-    if cfg.patch_classifier and "saccader" in trained:  # sec. 4.3, on the full Saccader's glimpses
+    if cfg.patch_backbone and "saccader" in trained:  # sec. 4.3, on the full Saccader's glimpses
         pipe.fit(patch_classifier(cfg), "patch_classifier", "patch_classifier",
                  patch_eval_fn(cfg, trained["saccader"]), saccader=trained["saccader"])
     if f"accuracy_learned_{train_glimpses}" in pipe.metrics:
