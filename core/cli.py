@@ -10,6 +10,7 @@ stderr and exit code 2; set HA_DEBUG=1 to see tracebacks of UserErrors raised la
 
 import argparse
 import dataclasses
+import json
 import os
 import sys
 import types
@@ -18,10 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+import torch
 import torch.distributed as dist
 
 from core.errors import UserError
-from core.runs import check_resumable, is_main_process, save_config  # noqa: F401 (save_config: the name papers imported here)
+from core.results import save_result
+from core.runs import begin_run, check_resumable, is_main_process, micro_batch
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 
@@ -191,6 +194,17 @@ def check_learning_rates(cfg, prefix: str = "") -> None:
             raise UserError(f"{prefix}{f.name} must be a non-negative learning rate, got {value}")
 
 
+def check_batch_sizes(cfg) -> None:
+    """Every batch size of a config (fields named batch_size or *_batch_size, nested configs included) is
+    images per optimiser update across all processes: refuse one the processes cannot share, before setup."""
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            check_batch_sizes(value)
+        elif f.name == "batch_size" or f.name.endswith("_batch_size"):
+            micro_batch(value)
+
+
 def check_output_dir(path: str | Path) -> None:
     """The output directory is a folder this process can write (or can create), checked before setup."""
     path = Path(path)
@@ -219,3 +233,24 @@ def main_guard(fn: Callable, *args, **kwargs):
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     return result
+
+
+def run_paper(get_config: Callable[[str], object], run: Callable[[object, str], dict[str, float]],
+              argv: list[str] | None = None, description: str | None = None) -> dict[str, float]:
+    """The whole of a paper's train.py around its training procedure `run(cfg, output_dir) -> final metrics`:
+    the standard command line (parse_args); the batch sizes checked against the launched processes; the
+    config recorded in config.json before the first step (and a directory of another config refused); the
+    seed; then, on rank 0, final_metrics.json written and printed as one JSON line. Bad input is one line."""
+    cfg, args = parse_args(get_config, argv, description)
+
+    def go() -> dict[str, float]:
+        check_batch_sizes(cfg)
+        begin_run(cfg, args.output_dir)
+        torch.manual_seed(args.seed)
+        metrics = run(cfg, args.output_dir)
+        if is_main_process():
+            save_result(Path(args.output_dir) / "final_metrics.json", metrics)
+            print(json.dumps(metrics), flush=True)
+        return metrics
+
+    return main_guard(go)

@@ -1,7 +1,7 @@
 """The paper contract (core.registry, core.runs), checked over every registered paper: configs round-trip
 through config.json; a rerun into a directory holding another config's run is refused in one line, whether
 the first run was killed before or after its first checkpoint; batch_size means images per optimiser update
-whatever the number of processes."""
+whatever the number of processes, and one the processes cannot share is refused before setup."""
 
 import dataclasses
 import json
@@ -117,3 +117,17 @@ def test_batch_size_is_images_per_update_across_processes(name, world, tmp_path,
         paper.main(["--config", "smoke", "--output-dir", str(tmp_path / "run")])
     loop = seen[0]
     assert loop.batch_size * world * loop.grad_accum_steps == paper.get_config("smoke").batch_size
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_a_batch_the_processes_cannot_share_is_refused_before_setup(name, tmp_path, monkeypatch, capsys):
+    """core.cli.run_paper checks every batch size of the config against the launched processes first: one
+    line, exit 2, nothing written."""
+    paper = PAPERS[name]
+    monkeypatch.setattr(core.runs, "world_size", lambda: 2)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as refused:
+        paper.main(["--config", "smoke", "--output-dir", str(out), "--set", "batch_size=5"])
+    assert refused.value.code == 2 and not out.exists()
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: batch_size 5 is not a positive multiple of the 2 processes"]

@@ -385,8 +385,9 @@ def test_smoke_training_run_writes_metrics(tmp_path, capsys):
     from papers.tnet.train import main
 
     out = tmp_path / "run"
-    assert main(["--config", "smoke", "--output-dir", str(out)]) == 0
+    returned = main(["--config", "smoke", "--output-dir", str(out)])
     metrics = json.loads((out / "final_metrics.json").read_text())
+    assert metrics == pytest.approx(returned)
     for key in ("accuracy", "accuracy_locs0", "accuracy_locs3", "coverage", "accuracy_level1",
                 "accuracy_level2"):
         assert 0.0 <= metrics[key] <= 1.0

@@ -29,13 +29,10 @@ import math
 import time
 from pathlib import Path
 
-import torch
 from accelerate import PartialState
 
-from core.cli import main_guard, parse_args
-from core.results import save_result
-from core.runs import begin_run, micro_batch
-from papers.boed.config import get_config
+from core.cli import run_paper
+from papers.boed.config import BOEDConfig, get_config
 from papers.boed.flops import run_flops
 from papers.boed.splits import load_data, read_log
 from papers.boed.supervision import run_supervision
@@ -58,14 +55,11 @@ def gather_logs(out: Path, summary: dict) -> None:
     tmp.replace(out / "metrics.jsonl")
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    cfg, _ = parse_args(get_config, argv, description=__doc__.split("\n")[0])
-    torch.manual_seed(cfg.seed)
+def run(cfg: BOEDConfig, output_dir: str) -> dict[str, float]:
+    """The configured experiment, then its final metrics (core.cli.run_paper records the config and writes
+    them); rank 0 also joins every sub-training's log into metrics.jsonl with the figures' data."""
     state = PartialState()
-    for batch_size in (cfg.batch_size, cfg.posterior_batch_size):  # images per update: refused early
-        micro_batch(batch_size)
-    out = Path(cfg.output_dir)
-    begin_run(cfg, out)
+    out = Path(output_dir)
     needs_design = cfg.experiment == "flops" or "partial" in cfg.conditions
     splits = ("train", "val", "test") + (("database",) if needs_design else ())
     data = load_data(cfg, splits, out)
@@ -77,10 +71,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     gather_logs(out, {"experiment": cfg.experiment, "task_names": list(cfg.tasks), "final": final,
                       "image_size": cfg.image_size, "glimpse_size": cfg.glimpse_size, "lattice": cfg.lattice,
                       "wall_seconds": time.perf_counter() - start, **figure})
-    save_result(out / "final_metrics.json", final)
-    print(json.dumps({"experiment": cfg.experiment, **final}))
     return final
 
 
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    return run_paper(get_config, run, argv, description=__doc__.split("\n")[0])
+
+
 if __name__ == "__main__":
-    main_guard(main)
+    main()

@@ -37,12 +37,11 @@ import torch.nn.functional as F
 from accelerate import PartialState
 from torch import nn
 
-from core.cli import main_guard, parse_args
+from core.cli import run_paper
 from core.errors import UserError
 from core.estimators import batch_mean_baseline, reinforce_loss
 from core.metrics import correct
-from core.results import save_result
-from core.runs import begin_run, micro_batch
+from core.runs import micro_batch
 from core.train import LoopConfig, train, unwrap
 from papers.saccader.config import SaccaderConfig, get_config
 from papers.saccader.data import build_datasets
@@ -236,15 +235,12 @@ class Pipeline:
         self.metrics = occlusion_standard_errors(self.metrics, len(self.eval_set))
         if self.state.is_main_process:
             (self.out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.log))
-            save_result(self.out / "final_metrics.json", self.metrics)
         return self.metrics
 
 
 def run(cfg: SaccaderConfig, output_dir: str) -> dict[str, float]:
-    torch.manual_seed(cfg.seed)
-    micro_batch(cfg.batch_size)  # refuses a batch the processes cannot share, before any training
+    """Every stage of cfg, then the final metrics (core.cli.run_paper records the config and writes them)."""
     pipe = Pipeline(cfg, output_dir)
-    begin_run(cfg, output_dir)
     train_glimpses = f"T{cfg.train_glimpses}"
 
     if cfg.model in ("bagnet", "resnet"):
@@ -335,8 +331,7 @@ def _dram_pretrain_eval(cfg: SaccaderConfig, stage: str):
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    cfg, args = parse_args(get_config, argv, description=__doc__.splitlines()[0])
-    return main_guard(run, cfg, args.output_dir)
+    return run_paper(get_config, run, argv, description=__doc__.splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -13,16 +13,14 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from core.cli import main_guard, parse_args
+from core.cli import run_paper
 from core.metrics import correct
-from core.results import save_result
-from core.runs import begin_run, is_main_process, micro_batch
+from core.runs import is_main_process, micro_batch
 from core.train import LoopConfig, train, unwrap
 from papers.tnet.config import TNetConfig, get_config
 from papers.tnet.data import build_datasets
@@ -76,8 +74,8 @@ def health_metrics(model, cfg: TNetConfig, eval_set, log_path: Path, max_steps: 
 
 
 def run(cfg: TNetConfig, output_dir: str) -> dict[str, float]:
-    torch.manual_seed(cfg.seed)
-    batch_size = micro_batch(cfg.batch_size)  # before any accelerate state exists (core.runs)
+    """Train and evaluate; the final metrics (core.cli.run_paper records the config and writes them)."""
+    batch_size = micro_batch(cfg.batch_size)
     train_set, eval_set = build_datasets(cfg)
     max_steps = cfg.max_steps or math.ceil(cfg.epochs * len(train_set) / cfg.batch_size)
     model = build_model(cfg)
@@ -89,7 +87,6 @@ def run(cfg: TNetConfig, output_dir: str) -> dict[str, float]:
                       checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
                       log_every=cfg.log_every,
                       output_dir=output_dir, num_workers=cfg.num_workers, channels_last=cfg.channels_last)
-    begin_run(cfg, output_dir)
     metrics = train(loop, model, optimizer, train_set, make_step_fn(cfg), eval_set, make_eval_fn(cfg),
                     scheduler=scheduler)
     if not is_main_process():
@@ -97,18 +94,12 @@ def run(cfg: TNetConfig, output_dir: str) -> dict[str, float]:
     metrics.update(health_metrics(model, cfg, eval_set, Path(output_dir) / "metrics.jsonl", max_steps))
     if cfg.measure_cost:
         metrics.update(cost_metrics(model, cfg))
-    save_result(Path(output_dir) / "final_metrics.json", metrics)
     return metrics
 
 
-def main(argv: list[str] | None = None) -> int:
-    cfg, args = parse_args(get_config, argv, description="Train and evaluate TNet or its baselines.")
-    metrics = main_guard(run, cfg, args.output_dir)
-    if is_main_process():
-        width = max(map(len, metrics), default=0)
-        print("\n".join(f"{k:<{width}}  {v:.4f}" for k, v in metrics.items()))
-    return 0
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    return run_paper(get_config, run, argv, description="Train and evaluate TNet or its baselines.")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import PartialState
 
-from core.cli import main_guard, parse_args
+from core.cli import run_paper
 from core.data import DigitCanvas, build_dataset, is_idx_folder
 from core.estimators import (
     effective_sample_size,
@@ -34,8 +33,7 @@ from core.estimators import (
     wake_sleep_loss,
 )
 from core.metrics import GradientVariance, correct
-from core.results import save_result
-from core.runs import begin_run, micro_batch
+from core.runs import is_main_process, micro_batch
 from core.train import LoopConfig, train, unwrap
 from papers.wsram.config import WSRAMConfig, get_config
 from papers.wsram.model import WSRAM, build_model
@@ -249,27 +247,24 @@ def build_datasets(cfg: WSRAMConfig) -> tuple[DigitCanvas, DigitCanvas]:
             build_dataset(name, "test", n=cfg.test_size, **data))
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    cfg, _ = parse_args(get_config, argv, description=__doc__.split("\n")[0])
-    torch.manual_seed(cfg.seed)  # the model's initial parameters
+def run(cfg: WSRAMConfig, output_dir: str) -> dict[str, float]:
+    """Train, then Table 1's test error and the Fig. 2 summaries (core.cli.run_paper writes them)."""
     train_set, test_set = build_datasets(cfg)
     model = build_model(cfg)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loop = LoopConfig(max_steps=cfg.max_steps, batch_size=micro_batch(cfg.batch_size), seed=cfg.seed,
                       checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
-                      log_every=cfg.log_every, output_dir=cfg.output_dir)
-    begin_run(cfg, cfg.output_dir)
+                      log_every=cfg.log_every, output_dir=output_dir)
     metrics = train(loop, model, optimizer, train_set, make_step_fn(cfg, Probes(cfg, train_set)),
                     eval_dataset=test_set, eval_fn=make_eval_fn(cfg))
-    # Asked only now: train() set up the (possibly distributed) process state this reads.
-    if not PartialState().is_main_process:  # the main process alone writes the log and the results
+    if not is_main_process():  # the main process alone holds the log
         return {}
-    out = Path(cfg.output_dir)
-    final = summarize(out / "metrics.jsonl", metrics["test_error"], cfg)
-    save_result(out / "final_metrics.json", final)
-    print(json.dumps({"variant": cfg.variant, **final}))
-    return final
+    return summarize(Path(output_dir) / "metrics.jsonl", metrics["test_error"], cfg)
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    return run_paper(get_config, run, argv, description=__doc__.split("\n")[0])
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    main()

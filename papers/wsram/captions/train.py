@@ -20,17 +20,15 @@ import math
 from pathlib import Path
 
 import torch
-from accelerate import PartialState
 
-from core.cli import main_guard, parse_args
+from core.cli import run_paper
 from core.estimators import (
     effective_sample_size,
     normalized_importance_weights,
     variational_bound_loss,
     wake_sleep_loss,
 )
-from core.results import save_result
-from core.runs import begin_run, micro_batch
+from core.runs import is_main_process, micro_batch
 from core.train import LoopConfig, train, unwrap
 from papers.wsram.captions.config import CaptionConfig, get_config
 from papers.wsram.captions.evaluate import caption_bleu, caption_nll, make_datasets, trivial_baselines
@@ -102,32 +100,30 @@ def summarize(metrics_path: Path, cfg: CaptionConfig) -> dict[str, float]:
     }
 
 
-def main(argv: list[str] | None = None) -> dict[str, float]:
-    cfg, _ = parse_args(get_config, argv, description=__doc__.split("\n")[0])
-    torch.manual_seed(cfg.seed)  # the model's initial parameters
+def run(cfg: CaptionConfig, output_dir: str) -> dict[str, float]:
+    """Train, then BLEU, test NLL and the trivial baselines (core.cli.run_paper writes them)."""
     train_set, test_set = make_datasets(cfg)
     model = build_model(cfg, train_set.vocab, test_set[0][0].shape[0])
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loop = LoopConfig(max_steps=cfg.max_steps, batch_size=micro_batch(cfg.batch_size), seed=cfg.seed,
                       checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
-                      log_every=cfg.log_every, output_dir=cfg.output_dir, num_workers=cfg.num_workers)
+                      log_every=cfg.log_every, output_dir=output_dir, num_workers=cfg.num_workers)
     probe, probe_indices = make_probe(cfg, train_set)
-    begin_run(cfg, cfg.output_dir)
     metrics = train(loop, model, optimizer, train_set, make_step_fn(cfg, probe),
                     eval_dataset=test_set, eval_fn=make_eval_fn(cfg))
-    if not PartialState().is_main_process:  # the main process alone captions, writes the log and results
+    if not is_main_process():  # the main process alone captions and holds the log
         return {}
-    out = Path(cfg.output_dir)
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        final = {**caption_bleu(model, test_set, cfg.bleu_size),
-                 "test_nll": metrics["nll_sum"] / metrics["words"],
-                 **summarize(out / "metrics.jsonl", cfg),
-                 **trivial_baselines(train_set, test_set, probe_indices, cfg.bleu_size)}
-    save_result(out / "final_metrics.json", final)
-    print(json.dumps({"variant": cfg.variant, **final}))
-    return final
+        return {**caption_bleu(model, test_set, cfg.bleu_size),
+                "test_nll": metrics["nll_sum"] / metrics["words"],
+                **summarize(Path(output_dir) / "metrics.jsonl", cfg),
+                **trivial_baselines(train_set, test_set, probe_indices, cfg.bleu_size)}
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    return run_paper(get_config, run, argv, description=__doc__.split("\n")[0])
 
 
 if __name__ == "__main__":
-    main_guard(main)
+    main()
