@@ -20,15 +20,15 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from matplotlib.colors import PowerNorm  # noqa: E402
+import numpy as np
+import torch
+from matplotlib.colors import PowerNorm
 
-from core.cli import main_guard  # noqa: E402
-from core.errors import UserError  # noqa: E402
-from core.figures import plt, save_figure  # noqa: E402
-from core.glimpse import lattice_top_left  # noqa: E402
-from papers.boed.design import candidate_masks  # noqa: E402
+from core.cli import main_guard
+from core.errors import UserError
+from core.figures import plt, save_figure
+from core.glimpse import lattice_top_left
+from papers.boed.design import candidate_masks
 
 COLORS = {"partial": "tab:blue", "unsupervised": "tab:orange"}
 

@@ -26,12 +26,12 @@ import json
 import re
 from pathlib import Path
 
-import torch  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import torch
+from matplotlib.patches import Rectangle
 
-from core.cli import main_guard  # noqa: E402
-from core.errors import UserError  # noqa: E402
-from core.figures import plt, save_figure  # noqa: E402
+from core.cli import main_guard
+from core.errors import UserError
+from core.figures import plt, save_figure
 
 REPO = Path(__file__).resolve().parents[2]
 # (run, policy) -> label, colour, marker; the policy is the metric's middle part.

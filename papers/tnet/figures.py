@@ -18,11 +18,11 @@ import re
 import sys
 from pathlib import Path
 
-import torch  # noqa: E402
+import torch
 
-from core.cli import main_guard  # noqa: E402
-from core.errors import UserError  # noqa: E402
-from core.figures import label_points, plt, save_figure, seed_points  # noqa: E402
+from core.cli import main_guard
+from core.errors import UserError
+from core.figures import label_points, plt, save_figure, seed_points
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_STYLE = {"tnet": ("TNet", "C0", "o"), "tnet_noreg": ("TNet, no per-feature reg.", "C3", "s"),

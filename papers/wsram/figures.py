@@ -15,11 +15,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from core.cli import fail, main_guard  # noqa: E402
-from core.errors import UserError  # noqa: E402
-from core.figures import plt, save_figure  # noqa: E402
+from core.cli import fail, main_guard
+from core.errors import UserError
+from core.figures import plt, save_figure
 
 # run name in reproductions/wsram.toml -> legend label (Fig. 2 / Fig. 3 of the paper)
 FIG2_RUNS = {"var": "VAR", "var_c": "VAR+c", "wsram": "WS-RAM", "wsram_c": "WS-RAM+c",

@@ -14,11 +14,11 @@ import argparse
 import json
 from pathlib import Path
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from core.cli import fail, main_guard  # noqa: E402
-from core.errors import UserError  # noqa: E402
-from core.figures import plt, save_figure  # noqa: E402
+from core.cli import fail, main_guard
+from core.errors import UserError
+from core.figures import plt, save_figure
 
 # run name in reproductions/wsram-captions.toml -> legend label (Fig. 4 uses Fig. 3's labels)
 RUNS = {"var": "VAR", "var_c": "VAR+c", "wsram": "WS-RAM", "wsram_c": "WS-RAM+c", "wsram_q": "WS-RAM+q",
