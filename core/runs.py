@@ -127,16 +127,27 @@ def load_config(run_dir: str | Path, cls):
     return config_from_dict(cls, data)
 
 
-def load_weights(model: torch.nn.Module, stage_dir: str | Path, strict: bool = True) -> int:
-    """Load the latest finished checkpoint under <stage_dir>/checkpoints into `model`; returns its step."""
-    steps = checkpoint_steps(Path(stage_dir) / "checkpoints")
-    if not steps:
-        raise UserError(f"{stage_dir}/checkpoints holds no finished checkpoint: was this stage trained?")
-    path = Path(stage_dir) / "checkpoints" / f"step_{steps[-1]}" / "model.safetensors"
+def load_weights(model: torch.nn.Module, source: str | Path, strict: bool = True) -> int:
+    """Load into `model` a .safetensors file, or the latest finished checkpoint under <source>/checkpoints
+    (a run's or a stage's folder); returns the checkpoint's step (0 for a file). strict: every key must fit,
+    else one line names the mismatch."""
+    path = Path(source)
+    step = 0
+    if path.is_dir():
+        steps = checkpoint_steps(path / "checkpoints")
+        if not steps:
+            raise UserError(f"{path}/checkpoints holds no finished checkpoint: was this stage trained?")
+        step, path = steps[-1], path / "checkpoints" / f"step_{steps[-1]}" / "model.safetensors"
     if not path.is_file():
-        raise UserError(f"{path} is missing")
-    model.load_state_dict(load_file(str(path)), strict=strict)
-    return steps[-1]
+        raise UserError(f"no weights at {path}")
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
+    except RuntimeError as e:  # a tensor of another shape
+        raise UserError(f"{path} does not fit this model ({str(e).splitlines()[-1].strip()})") from None
+    if strict and (missing or unexpected):
+        raise UserError(f"{path} does not fit this model (missing {missing[:3]}, "
+                        f"unexpected {unexpected[:3]})")
+    return step
 
 
 def load_run(run_dir: str | Path, cls, build_model: Callable,

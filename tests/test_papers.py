@@ -131,3 +131,27 @@ def test_a_batch_the_processes_cannot_share_is_refused_before_setup(name, tmp_pa
     assert refused.value.code == 2 and not out.exists()
     assert capsys.readouterr().err.strip().splitlines() == [
         "error: batch_size 5 is not a positive multiple of the 2 processes"]
+
+
+def test_load_weights_from_a_file_or_a_runs_latest_finished_checkpoint(tmp_path):
+    from safetensors.torch import save_file
+    from torch import nn
+
+    from core.runs import load_weights
+
+    source = nn.Linear(3, 2)
+    for step in (4, 12):  # the later one is loaded; a tmp_step_ save in progress never is
+        folder = tmp_path / "run" / "checkpoints" / f"step_{step}"
+        folder.mkdir(parents=True)
+        save_file(source.state_dict(), str(folder / "model.safetensors"))
+    (tmp_path / "run" / "checkpoints" / "tmp_step_16").mkdir()
+    model = nn.Linear(3, 2)
+    assert load_weights(model, tmp_path / "run") == 12 and model.weight.equal(source.weight)
+    file = tmp_path / "run" / "checkpoints" / "step_4" / "model.safetensors"
+    assert load_weights(nn.Linear(3, 2), file) == 0
+    with pytest.raises(UserError, match="does not fit this model"):
+        load_weights(nn.Linear(3, 5), file)  # another shape
+    with pytest.raises(UserError, match="does not fit this model"):
+        load_weights(nn.Sequential(nn.Linear(3, 2)), file)  # other keys
+    with pytest.raises(UserError, match="no finished checkpoint"):
+        load_weights(model, tmp_path)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
 
 from core.cli import main_guard, override
@@ -24,7 +23,7 @@ from core.errors import UserError
 from core.glimpse import coverage
 from core.metrics import correct, measure_latency, peak_memory
 from core.results import save_result
-from core.runs import load_config
+from core.runs import load_config, load_weights
 from papers.tnet.config import TNetConfig, parse_locs, total_locations
 from papers.tnet.data import build_datasets
 from papers.tnet.flops import multiplications
@@ -121,23 +120,6 @@ def feature_spread(model: nn.Module, cfg: TNetConfig, images: torch.Tensor) -> f
     pooled = model.extractor.forward_features(images)["pooled"]
     model.train(was_training)
     return pooled.std(0).mean().item()
-
-
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load model weights from a .safetensors file or from the latest checkpoint of a train.py run dir."""
-    path = Path(path)
-    if path.is_dir():
-        steps = sorted(path.glob("checkpoints/step_*/model.safetensors"),
-                       key=lambda p: int(p.parent.name[len("step_"):]))
-        if not steps:
-            raise UserError(f"no checkpoints/step_*/model.safetensors under {path}")
-        path = steps[-1]
-    if not path.is_file():
-        raise UserError(f"no weights at {path}")
-    missing, unexpected = model.load_state_dict(load_file(str(path)), strict=False)
-    if missing or unexpected:
-        raise UserError(f"{path} does not fit this model (missing {missing[:3]}, "
-                        f"unexpected {unexpected[:3]})")
 
 
 @torch.no_grad()

@@ -20,11 +20,11 @@ import torch.nn.functional as F
 
 from core.cli import run_paper
 from core.metrics import correct
-from core.runs import is_main_process, micro_batch
+from core.runs import is_main_process, load_weights, micro_batch
 from core.train import LoopConfig, train, unwrap
 from papers.tnet.config import TNetConfig, get_config
 from papers.tnet.data import build_datasets
-from papers.tnet.evaluate import cost_metrics, feature_spread, load_weights, make_eval_fn
+from papers.tnet.evaluate import cost_metrics, feature_spread, make_eval_fn
 from papers.tnet.model import build_model, tnet_loss
 
 
