@@ -530,14 +530,17 @@ def bench_loader(quick: bool, targets: Targets) -> dict:
     pipelines = loader_pipelines()
     rates = {name: [] for name in pipelines}
     torch.manual_seed(0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in a DataLoader worker (torch.utils.data sets 1 thread per worker)
     for _ in range(rounds):
         for name, fn in pipelines.items():
             start = time.process_time()
             for data in files:
                 fn(data)
             rates[name].append(len(files) / max(time.process_time() - start, 1e-9))
+    torch.set_num_threads(threads)
     out = {"images": len(files), "image_size": [500, 375], "jpeg_quality": 90, "rounds": rounds,
-           "torch_threads": torch.get_num_threads(),
+           "torch_threads": 1,
            "images_per_cpu_s": {name: statistics.median(r) for name, r in rates.items()}}
     for name in ("tnet_train_224", "saccader_train_224"):
         targets.add(f"loader/{name}/per_core", out["images_per_cpu_s"][name], ">=", LOADER_TARGET,
