@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import reduce
 from torch import Tensor, nn
 
 from core.backbones import build_backbone
@@ -327,9 +328,7 @@ def tnet_loss(out: TNetOutput, targets: Tensor, baseline: EMABaseline, cfg: TNet
     attended_log_p = torch.cat(out.log_probs[:levels - 1], 1)
     loss = loss + lf * (1 - lr) * reinforce_loss(attended_log_p, attended_reward, b)
     mixed = lr * reward.mean() + (1 - lr) * attended_reward.mean()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(mixed)  # every process keeps the same baseline
-        mixed = mixed / torch.distributed.get_world_size()
+    mixed = reduce(mixed, "mean")  # over processes (accelerate): every process keeps the same baseline
     baseline(mixed.reshape(1))  # eq. 7 update (training mode only)
     stats.update(per_feature_ce=per_ce.item(), location_reward=attended_reward.mean().item())
     return loss, stats
