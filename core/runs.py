@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
 from safetensors.torch import load_file
 
 from core.errors import UserError
@@ -32,6 +34,13 @@ def world_size() -> int:
 def is_main_process() -> bool:
     """Whether this is the launcher's rank 0 (the process that writes run files)."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def process_state() -> PartialState:
+    """This process's accelerate state, as core.train's Accelerator will see it. A bare PartialState() ignores
+    ACCELERATE_USE_CPU (only the Accelerator reads it), so under a CPU multi-process launch it would make
+    every process a single-process run, and the Accelerator created later would inherit that."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 def micro_batch(batch_size: int, world: int | None = None) -> int:

@@ -5,7 +5,10 @@ whatever the number of processes, and one the processes cannot share is refused 
 
 import dataclasses
 import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -155,3 +158,39 @@ def test_load_weights_from_a_file_or_a_runs_latest_finished_checkpoint(tmp_path)
         load_weights(nn.Sequential(nn.Linear(3, 2)), file)  # other keys
     with pytest.raises(UserError, match="no finished checkpoint"):
         load_weights(model, tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_two_processes_run_every_paper_as_one_does(name, tmp_path):
+    """The smoke config under a 2-process CPU `accelerate launch` records the same config and reports the same
+    metrics as one process, every training stage ran on 2 processes. (Values differ: each process samples its
+    own glimpses and BatchNorm sees its half of the batch; exact equality is tested on the toy paper.)"""
+    root = Path(__file__).resolve().parent.parent
+    script = str(root / PAPERS[name].train_script)
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1",
+           "TQDM_DISABLE": "1", "PYTHONPATH": str(root)}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    for cmd, out in (([sys.executable], tmp_path / "one"), (launch, tmp_path / "two")):
+        proc = subprocess.run([*cmd, script, "--config", "smoke", "--output-dir", str(out)], env=env,
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / d / "final_metrics.json").read_text()) for d in ("one", "two"))
+    assert set(one) == set(two)
+    configs = [{k: v for k, v in json.loads((tmp_path / d / "config.json").read_text()).items()
+                if k != "output_dir"} for d in ("one", "two")]
+    assert configs[0] == configs[1]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "two").rglob("run.json")]
+    assert records and all(r["num_processes"] == 2 for r in records)
+
+
+def test_paper_code_gets_its_process_state_from_core():
+    """A bare accelerate PartialState() ignores ACCELERATE_USE_CPU, and the first one created fixes the state
+    for the whole process: under a 2-process CPU launch Saccader and BOED ran as independent single processes
+    (BOED then crashed saving a checkpoint). Papers call core.runs.process_state() instead; the 2-process runs
+    themselves are test_two_processes_run_every_paper_as_one_does (slow tier)."""
+    root = Path(__file__).resolve().parent.parent
+    offenders = [str(p.relative_to(root)) for p in sorted((root / "papers").rglob("*.py"))
+                 if "PartialState()" in p.read_text()]
+    assert offenders == []

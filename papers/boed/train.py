@@ -29,9 +29,8 @@ import math
 import time
 from pathlib import Path
 
-from accelerate import PartialState
-
 from core.cli import run_paper
+from core.runs import process_state
 from papers.boed.config import BOEDConfig, get_config
 from papers.boed.flops import run_flops
 from papers.boed.splits import load_data, read_log
@@ -58,7 +57,7 @@ def gather_logs(out: Path, summary: dict) -> None:
 def run(cfg: BOEDConfig, output_dir: str) -> dict[str, float]:
     """The configured experiment, then its final metrics (core.cli.run_paper records the config and writes
     them); rank 0 also joins every sub-training's log into metrics.jsonl with the figures' data."""
-    state = PartialState()
+    state = process_state()
     out = Path(output_dir)
     needs_design = cfg.experiment == "flops" or "partial" in cfg.conditions
     splits = ("train", "val", "test") + (("database",) if needs_design else ())

@@ -34,14 +34,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from accelerate import PartialState
 from torch import nn
 
 from core.cli import run_paper
 from core.errors import UserError
 from core.estimators import batch_mean_baseline, reinforce_loss
 from core.metrics import correct
-from core.runs import micro_batch
+from core.runs import micro_batch, process_state
 from core.train import LoopConfig, train, unwrap
 from papers.saccader.config import SaccaderConfig, get_config
 from papers.saccader.data import build_datasets
@@ -188,7 +187,7 @@ class Pipeline:
     and joins their logs into one metrics.jsonl with steps numbered across stages."""
 
     def __init__(self, cfg: SaccaderConfig, output_dir: str):
-        self.cfg, self.out, self.state = cfg, Path(output_dir), PartialState()
+        self.cfg, self.out, self.state = cfg, Path(output_dir), process_state()
         self.train_set, self.eval_set = build_datasets(cfg)
         self.log: list[dict] = []
         self.metrics: dict[str, float] = {}
