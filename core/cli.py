@@ -32,7 +32,7 @@ _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
 def fail(message: str) -> NoReturn:
     """Print `error: <message>` on stderr and exit with status 2. Under a multi-process launch only rank 0
     prints: every rank checks the same input, so the others would repeat the line."""
-    if os.environ.get("RANK", "0") == "0":
+    if is_main_process():
         print(f"error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
