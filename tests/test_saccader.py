@@ -17,7 +17,7 @@ from core.results import load_result
 from core.runs import config_from_dict, config_to_dict
 from papers.saccader import figures
 from papers.saccader.config import STAGES, Stage, get_config
-from papers.saccader.data import DigitPairs
+from papers.saccader.data import DigitPairs, build_datasets
 from papers.saccader.dram import DRAM, TFLSTMCell
 from papers.saccader.evaluate import evaluate_run, interpolate, occlude, occlusion_standard_errors, parts_seen
 from papers.saccader.model import Saccader, SaccaderCell, build_model, patch_classifier
@@ -278,6 +278,18 @@ def test_digit_pairs_task():
     assert image[0, y0:y1, x0:x1].sum() > 0 and image.sum() > image[0, y0:y1, x0:x1].sum()
     assert data.pairs[label] == (0, 1) or label > 0  # label = index of the unordered pair (a < b)
     assert data.pairs == [(a, b) for a in range(5) for b in range(a + 1, 5)]
+
+
+def test_standardized_canvases_use_the_training_pixels_statistics():
+    cfg = dataclasses.replace(get_config("smoke-dram"), train_size=16, eval_size=8)
+    raw_train, raw_test = build_datasets(cfg)
+    train, test = build_datasets(dataclasses.replace(cfg, standardize_images=True))
+    pixels = torch.stack([train[i][0] for i in range(len(train))])
+    assert abs(pixels.mean().item()) < 1e-5 and abs(pixels.std().item() - 1) < 1e-3
+    assert train.mean == pytest.approx(torch.stack([raw_train[i][0] for i in range(16)]).mean().item())
+    image, label, boxes = test[3]  # the test set: the training pixels' statistics
+    assert torch.allclose(image, (raw_test[3][0] - train.mean) / train.std, atol=1e-5)
+    assert label == raw_test[3][1] and torch.equal(boxes, raw_test[3][2])
 
 
 def test_occlusion_and_parts_seen():

@@ -419,3 +419,14 @@ def test_paper_scale_imagenet_train_and_eval_step(tmp_path, tiny_imagenet):
     metrics = run(cfg, str(tmp_path / "out"))
     assert set(metrics) >= {"accuracy", "accuracy_locs0", "accuracy_locs3", "top5_locs3", "coverage"}
     assert metrics["coverage"] > 0
+
+
+def test_standardized_made_task_has_zero_mean_unit_variance_training_pixels():
+    from papers.tnet.data import build_datasets
+    cfg = dataclasses.replace(get_config("smoke"), dataset="cluttered-mnist", image_size=64, train_size=12,
+                              eval_size=4, standardize_images=True)
+    train, test = build_datasets(cfg)
+    pixels = torch.stack([train[i][0] for i in range(len(train))])
+    assert abs(pixels.mean().item()) < 1e-5 and abs(pixels.std().item() - 1) < 1e-3
+    raw_test = build_datasets(dataclasses.replace(cfg, standardize_images=False))[1]
+    assert torch.allclose(test[0][0] * train.std + train.mean, raw_test[0][0], atol=1e-5)

@@ -194,3 +194,24 @@ class ClutteredMNIST(DigitCanvas):
                  num_clutter: int = 4, clutter_size: int = 8, seed: int = 0, **kw):
         super().__init__(split, n, canvas=canvas, num_clutter=num_clutter, clutter_size=clutter_size,
                          seed=seed, **kw)
+
+
+class Standardized(Dataset):
+    """`dataset` with its images mapped to (image - mean) / std; every other item passes through."""
+
+    def __init__(self, dataset: Dataset, mean: float, std: float):
+        self.dataset, self.mean, self.std = dataset, mean, std
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        image, *rest = self.dataset[i]
+        return ((image - self.mean) / self.std, *rest)
+
+
+def standardized(train_set: Dataset, test_set: Dataset, sample: int = 512) -> tuple[Dataset, Dataset]:
+    """Both datasets standardised with the pixel mean and std of the first `sample` training images."""
+    images = torch.stack([train_set[i][0] for i in range(min(sample, len(train_set)))])
+    mean, std = images.mean().item(), images.std().item()
+    return Standardized(train_set, mean, std), Standardized(test_set, mean, std)

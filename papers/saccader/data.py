@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.data import build_dataset, list_datasets, load_mnist_digits
+from core.data import build_dataset, list_datasets, load_mnist_digits, standardized
 from core.data.transforms import ToSigned
 from core.errors import UserError
 from papers.saccader import preprocess
@@ -116,11 +116,13 @@ def build_datasets(cfg: SaccaderConfig):
         if train_set.num_classes != cfg.num_classes:
             raise UserError(f"{len(cfg.key_digits)} key digits make {train_set.num_classes} classes, "
                             f"but num_classes = {cfg.num_classes}")
-        return train_set, DigitPairs("test", cfg.eval_size, seed=0, **kw)
+        made = train_set, DigitPairs("test", cfg.eval_size, seed=0, **kw)
+        return standardized(*made) if cfg.standardize_images else made
     if cfg.dataset in list_datasets():  # a made task of core.data, e.g. the cross-paper same-footing task
         kw = dict(canvas=cfg.image_size, channels=cfg.channels, transform=ToSigned())
-        return (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
+        made = (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
                 build_dataset(cfg.dataset, "test", n=cfg.eval_size, seed=0, **kw))
+        return standardized(*made) if cfg.standardize_images else made
     # Paper scale: the official input pipeline (papers/saccader/preprocess.py, data_provider.py), with
     # label 0 kept for the background class when num_classes = 1001 (labels shifted by one).
     shift = cfg.num_classes == 1001

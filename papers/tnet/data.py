@@ -1,7 +1,7 @@
 """TNet's datasets, shared by train.py and evaluate.py: the CPU canvases (real MNIST digits) and, at paper
 scale, ImageNet or fMoW through the official input pipeline (preprocess.py)."""
 
-from core.data import DigitCanvas, build_dataset, list_datasets
+from core.data import DigitCanvas, build_dataset, list_datasets, standardized
 from core.data.transforms import to_signed
 from papers.tnet import preprocess
 from papers.tnet.config import TNetConfig
@@ -13,18 +13,21 @@ def build_datasets(cfg: TNetConfig):
     "digits": the CPU task, real MNIST digits (core.data.DigitCanvas) on a black canvas; training
     canvases depend on the seed, the test canvases (held-out digits) are the same for every run; the same
     for a made dataset registered in core.data (e.g. "cluttered-mnist") at image_size px.
+    `standardize_images`: both made sets shifted and scaled by the training pixels' mean and std.
     Anything else is a hub id or local folder read by core.data.build_dataset (ImageNet, fMoW) with the
     augmentation of B.2 for training.
     """
     if cfg.dataset == "digits":
         kw = dict(canvas=cfg.image_size, scale_range=cfg.digit_scale, num_clutter=cfg.num_clutter,
                   clutter_size=cfg.clutter_size, channels=cfg.channels, transform=to_signed)
-        return (DigitCanvas("train", cfg.train_size, seed=cfg.seed, **kw),
+        made = (DigitCanvas("train", cfg.train_size, seed=cfg.seed, **kw),
                 DigitCanvas("test", cfg.eval_size, seed=0, **kw))
+        return standardized(*made) if cfg.standardize_images else made
     if cfg.dataset in list_datasets():  # a made task of core.data, e.g. the cross-paper same-footing task
         kw = dict(canvas=cfg.image_size, channels=cfg.channels, transform=to_signed)
-        return (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
+        made = (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
                 build_dataset(cfg.dataset, "test", n=cfg.eval_size, seed=0, **kw))
+        return standardized(*made) if cfg.standardize_images else made
     # Paper scale: the official input pipeline (papers/tnet/preprocess.py, input_imagenet.py).
     kw = dict(channels=cfg.channels, num_classes=cfg.num_classes)
     eval_tf = preprocess.EvalTransform(cfg.image_size)
