@@ -414,10 +414,11 @@ def test_paper_scale_train_and_eval_step(name, tmp_path, tiny_imagenet):
     """Every stage of the exact ImageNet config (Saccader: eqs. 4, 5, 6 and the whole-image classifier;
     DRAM: both pretraining stages and the hybrid loss) takes one update at 224 px on a tiny image folder
     made here (4 classes x 2 images per split), then the final evaluation runs."""
-    stages = ("representation", "location", "policy", "dram_wide", "dram_narrow", "classifier")
+    stages = ("representation", "location", "policy", "pretrain_wide", "pretrain_narrow", "classifier")
     overrides = [f"dataset={tiny_imagenet}", "batch_size=2", "eval_glimpses=1,6", "eval_policies=random",
-                 "occlusion_classifier=true", "log_every=1", "checkpoint_every=0",
-                 *(f"steps_{stage}=1" for stage in stages)]
+                 "occlusion_classifier=true", "log_every=1", "checkpoint_every=0", "num_classes=4",
+                 "dram_min_pretrain_accuracy=0",  # one update learns nothing
+                 *(f"{stage}.steps=1" for stage in stages)]
     metrics = main(["--config", name, "--output-dir", str(tmp_path / "out"),
                     *(a for o in overrides for a in ("--set", o))])
     assert 0 <= metrics["test_accuracy"] <= 1

@@ -271,9 +271,9 @@ def test_cli_errors_are_one_line(tmp_path):
 def test_accelerate_launch_two_processes(tmp_path):
     # Two CPU processes also on a one-GPU machine (--multi_gpu would ask for two GPUs there).
     env = dict(os.environ, ACCELERATE_USE_CPU="true", CUDA_VISIBLE_DEVICES="", OMP_NUM_THREADS="1")
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "papers/wsram/train.py",
-           "--config", "smoke", "--output-dir", str(tmp_path), "--set", "use_q=true"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "papers/wsram/train.py", "--config", "smoke", "--output-dir", str(tmp_path), "--set", "use_q=true"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads((tmp_path / "final_metrics.json").read_text())["steps"] == get_config("smoke").max_steps
