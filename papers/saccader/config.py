@@ -99,7 +99,7 @@ class SaccaderConfig:
     standardize_images: bool = False
     """Made tasks only: shift and scale the canvases to zero mean and unit variance over the training
     pixels. DRAM's coordinate channels (official: linspace(-1, 1)) carry more spatial variance than a
-    sparse digit canvas in [-1, 1] (pixel std ~0.3), and DRAM's glimpse network then stays at chance
+    sparse digit canvas in [-1, 1] (pixel std 0.18-0.25), and DRAM's glimpse network then stays at chance
     (papers/saccader/README.md); ImageNet images are not sparse and keep the official [-1, 1]."""
 
     # ---- Training: every stage SGD + Nesterov 0.9, cosine schedule with linear warm-up (App. C) ----

@@ -153,8 +153,9 @@ class TNetConfig:
     """Digits task: side of each clutter fragment in px."""
     standardize_images: bool = False
     """Made tasks only: shift and scale the canvases to zero mean and unit variance over the training
-    pixels. The normalisation-free BagNet on sparse cluttered canvases in [-1, 1] (pixel std ~0.3) sits
-    near chance for ~2,000 updates; standardised it leaves chance within ~600 (papers/tnet/README.md)."""
+    pixels. On the sparse 128 px cluttered canvas in [-1, 1] (pixel std 0.18) the normalisation-free BagNet
+    sits near chance for ~2,000 updates; standardised it leaves chance after ~700-1,400
+    (papers/tnet/README.md)."""
 
     # ---- Run ----
     seed: int = 0
