@@ -290,6 +290,8 @@ def test_standardized_canvases_use_the_training_pixels_statistics():
     image, label, boxes = test[3]  # the test set: the training pixels' statistics
     assert torch.allclose(image, (raw_test[3][0] - train.mean) / train.std, atol=1e-5)
     assert label == raw_test[3][1] and torch.equal(boxes, raw_test[3][2])
+    with pytest.raises(UserError, match="made tasks only"):  # paper scale keeps the official pipeline
+        build_datasets(dataclasses.replace(get_config("imagenet"), standardize_images=True))
 
 
 def test_occlusion_and_parts_seen():

@@ -430,3 +430,10 @@ def test_standardized_made_task_has_zero_mean_unit_variance_training_pixels():
     assert abs(pixels.mean().item()) < 1e-5 and abs(pixels.std().item() - 1) < 1e-3
     raw_test = build_datasets(dataclasses.replace(cfg, standardize_images=False))[1]
     assert torch.allclose(test[0][0] * train.std + train.mean, raw_test[0][0], atol=1e-5)
+
+
+def test_standardized_real_dataset_is_refused_before_loading():
+    from papers.tnet.data import build_datasets
+    cfg = dataclasses.replace(get_config("imagenet"), dataset="no/such-dataset", standardize_images=True)
+    with pytest.raises(UserError, match="made tasks only"):
+        build_datasets(cfg)

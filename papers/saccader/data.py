@@ -123,6 +123,9 @@ def build_datasets(cfg: SaccaderConfig):
         made = (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
                 build_dataset(cfg.dataset, "test", n=cfg.eval_size, seed=0, **kw))
         return standardized(*made) if cfg.standardize_images else made
+    if cfg.standardize_images:
+        raise UserError(f"standardize_images applies to the made tasks only, not to dataset {cfg.dataset!r} "
+                        "(paper scale keeps the official input pipeline)")
     # Paper scale: the official input pipeline (papers/saccader/preprocess.py, data_provider.py), with
     # label 0 kept for the background class when num_classes = 1001 (labels shifted by one).
     shift = cfg.num_classes == 1001

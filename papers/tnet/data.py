@@ -3,6 +3,7 @@ scale, ImageNet or fMoW through the official input pipeline (preprocess.py)."""
 
 from core.data import DigitCanvas, build_dataset, list_datasets, standardized
 from core.data.transforms import to_signed
+from core.errors import UserError
 from papers.tnet import preprocess
 from papers.tnet.config import TNetConfig
 
@@ -28,6 +29,9 @@ def build_datasets(cfg: TNetConfig):
         made = (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
                 build_dataset(cfg.dataset, "test", n=cfg.eval_size, seed=0, **kw))
         return standardized(*made) if cfg.standardize_images else made
+    if cfg.standardize_images:
+        raise UserError(f"standardize_images applies to the made tasks only, not to dataset {cfg.dataset!r} "
+                        "(paper scale keeps the official input pipeline)")
     # Paper scale: the official input pipeline (papers/tnet/preprocess.py, input_imagenet.py).
     kw = dict(channels=cfg.channels, num_classes=cfg.num_classes)
     eval_tf = preprocess.EvalTransform(cfg.image_size)
