@@ -41,6 +41,7 @@ __all__ = [
     "pyramid_boxes",
     "pyramid_coords",
     "retina",
+    "RetinaSensor",
     "select_child_boxes",
 ]
 
@@ -243,6 +244,54 @@ def retina(images: torch.Tensor, loc: torch.Tensor, size: int, num_scales: int,
         patches = [window(s) for s in sides]
     scales = [F.avg_pool2d(p, s // size) if s > size else p for p, s in zip(patches, sides, strict=True)]
     return torch.stack(scales, 1)
+
+
+class RetinaSensor:
+    """`retina` at one chosen scale per glimpse, for many glimpses on one batch of images.
+
+    RetinaSensor(images, size, num_scales, scale_factor) builds a float64 summed-area table of the
+    zero-padded images once; sensor(loc, scale, index) returns (N, C, size, size), glimpse n being scale
+    scale[n] of retina(images[index[n]], loc[n], size, num_scales, scale_factor). Every pooled pixel is a
+    difference of four table entries, so N glimpses at any mix of scales cost four gathers, with no copy
+    of an image per glimpse (WS-RAM's M samples read each image M times per step). Locations are clamped
+    to [-1, 1], the centres the table is padded for; differentiable in images, not in loc.
+    """
+
+    def __init__(self, images: torch.Tensor, size: int, num_scales: int, scale_factor: int = 2):
+        self.images = _images(images, floating=True)
+        self.size = _int("size", size)
+        self.num_scales = _int("num_scales", num_scales)
+        self.factor = _int("scale_factor", scale_factor)
+        # A centre inside the image leaves at most half the largest side (+1 for rounding) off each edge.
+        self.margin = self.size * self.factor ** (self.num_scales - 1) // 2 + 1
+        padded = F.pad(images.to(torch.float64), (self.margin,) * 4)
+        self.table = F.pad(padded.cumsum(-1).cumsum(-2), (1, 0, 1, 0))  # table[r, c] = sum of padded[:r, :c]
+
+    def __call__(self, loc: torch.Tensor, scale: torch.Tensor, index: torch.Tensor | None = None):
+        B, C, H, W = self.images.shape
+        N = len(loc)
+        if loc.shape != (N, 2) or scale.shape != (N,):
+            raise UserError(f"loc must be (N, 2) and scale (N,), got {tuple(loc.shape)} and "
+                            f"{tuple(scale.shape)}")
+        device = self.table.device
+        loc, scale = loc.to(device).clamp(-1, 1), scale.to(device)
+        index = torch.arange(N, device=device) if index is None else index.to(device)
+        top_left = torch.zeros(N, 2, dtype=torch.long, device=device)
+        for s in range(self.num_scales):  # each scale rounds its own centre, as retina does
+            chosen = scale == s
+            top_left = torch.where(chosen[:, None], glimpse_top_left(loc, self.size * self.factor**s, (H, W)),
+                                   top_left)
+        block = self.factor ** scale  # (N,) pixels per pooled pixel along each axis
+        steps = torch.arange(self.size, device=device) * block[:, None]  # (N, size)
+        # Block corners: rows[0] / cols[0] are the block ends, rows[1] / cols[1] their starts (N, size).
+        r0, c0 = top_left[:, :1] + self.margin + steps, top_left[:, 1:] + self.margin + steps
+        rows = torch.stack([r0 + block[:, None], r0])[:, None, :, None, :, None]  # (2, 1, N, 1, size, 1)
+        cols = torch.stack([c0 + block[:, None], c0])[None, :, :, None, None, :]  # (1, 2, N, 1, 1, size)
+        height, width = self.table.shape[-2:]
+        base = ((index[:, None] * C + torch.arange(C, device=device)) * height * width)[:, :, None, None]
+        v = self.table.take(base + rows * width + cols)  # (2, 2, N, C, size, size), one gather
+        sums = v[0, 0] - v[1, 0] - v[0, 1] + v[1, 1]
+        return (sums / block.square()[:, None, None, None]).to(self.images.dtype)
 
 
 def extract_patches(images: torch.Tensor, top_left: torch.Tensor, size, padding: str = "zeros"):

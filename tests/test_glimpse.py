@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from core.errors import UserError
 from core.glimpse import (
     GridSpec,
+    RetinaSensor,
     child_boxes,
     child_coords,
     coverage,
@@ -186,6 +187,35 @@ def test_retina_random_locations_and_far_outside():
     torch.testing.assert_close(retina(images, loc, 6, 3), naive_retina(images, loc, 6, 3, 2), **TOL)
     far = retina(images[:2], torch.tensor([[5.0, 5.0], [-9.0, 0.0]]), 4, 2)
     assert far.abs().sum() == 0
+
+
+@pytest.mark.parametrize("C,H,W,size,k,f", [
+    (1, 60, 60, 12, 3, 2),  # WS-RAM's cpu sensor
+    (3, 17, 23, 5, 2, 3),  # odd size: the scales round their centres differently
+    (2, 12, 9, 3, 3, 2),  # largest scale (12) exceeds the 9-px width
+])
+def test_retina_sensor_matches_retina_at_the_chosen_scale(C, H, W, size, k, f):
+    images = rand_images(4, C, H, W)
+    gen = torch.Generator().manual_seed(2)
+    N = 40
+    loc = torch.rand(N, 2, generator=gen) * 2 - 1
+    loc[:4] = torch.tensor([[1.0, 1.0], [-1.0, -1.0], [1.0, -1.0], [0.0, 0.0]])  # corners: widest overhang
+    scale = torch.randint(k, (N,), generator=gen)
+    index = torch.randint(4, (N,), generator=gen)
+    out = RetinaSensor(images, size, k, f)(loc, scale, index)
+    full = retina(images[index], loc, size, k, f)  # (N, k, C, size, size)
+    assert out.shape == (N, C, size, size) and out.dtype == images.dtype
+    torch.testing.assert_close(out, full[torch.arange(N), scale], **TOL)
+
+
+def test_retina_sensor_clamps_locations_and_carries_gradients():
+    images = rand_images(2, 1, 16, 16).requires_grad_()
+    sensor = RetinaSensor(images, 4, 2)
+    far = torch.tensor([[5.0, 5.0], [-9.0, 0.0]])
+    scale = torch.tensor([1, 0])
+    torch.testing.assert_close(sensor(far, scale), sensor(far.clamp(-1, 1), scale), **TOL)
+    sensor(torch.zeros(2, 2), scale).sum().backward()
+    assert images.grad[0].sum().item() == pytest.approx(16.0)  # 16 pooled pixels, each a mean of 4
 
 
 def test_retina_hand_values():

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
 
+from core.data import pixel_stats
 from core.errors import UserError
-from core.glimpse import retina
+from core.glimpse import RetinaSensor, retina
 from papers.wsram import evaluate, figures, train
 from papers.wsram.config import get_config
 from papers.wsram.model import NUM_CLASSES, build_model
@@ -96,7 +99,27 @@ def test_patches_are_the_chosen_retina_scale():
     loc = torch.rand(6, 2) * 2 - 1  # two actions per image: action i looks at image i % 3
     scale = torch.tensor([0, 2, 1, 1, 0, 2])
     full = retina(x[torch.arange(6) % 3], loc, cfg.glimpse_size, cfg.num_scales, cfg.scale_factor)
-    assert torch.allclose(model.patches(x, loc, scale), full[torch.arange(6), scale])
+    sensor = RetinaSensor(x, cfg.glimpse_size, cfg.num_scales, cfg.scale_factor)
+    torch.testing.assert_close(model.glimpse(sensor, loc, scale), F.relu(
+        model.what(full[torch.arange(6), scale]) + model.where(torch.cat([loc, F.one_hot(scale, 3)], -1))))
+
+
+def test_standardized_glimpses_read_off_image_pixels_as_the_background(tmp_path):
+    cfg = dataclasses.replace(tiny(), standardize_images=True)
+    train_set = train.build_datasets(cfg)[0]
+    mean, std = pixel_stats(train_set)
+    assert 0 < mean < 0.5 and std > 0  # a sparse canvas in [0, 1]
+    model = build_model(cfg)
+    model.set_pixel_stats(mean, std)
+    blank = torch.zeros(1, 1, cfg.canvas, cfg.canvas)
+    sensor = RetinaSensor(blank, cfg.glimpse_size, cfg.num_scales, cfg.scale_factor)
+    corner = model.standardize(sensor(torch.tensor([[1.0, 1.0]]), torch.tensor([2])))  # 3/4 off the image
+    torch.testing.assert_close(corner, torch.full_like(corner, -mean / std))
+    state = build_model(cfg).state_dict()
+    assert state["pixel_stats"].tolist() == [0.0, 1.0]  # identity until run() sets it from the data
+    train.run(cfg, str(tmp_path))
+    saved = load_file(next(tmp_path.glob("**/model.safetensors")))
+    torch.testing.assert_close(saved["pixel_stats"], torch.tensor([mean, std]))
 
 
 def test_low_resolution_image_reaches_prediction_only_through_the_glimpses():

@@ -20,12 +20,19 @@ from core.errors import UserError
 
 from .mnist import find_idx_file, load_idx_folder, load_mnist_digits
 from .sources import HFImageDataset, IDXDataset
-from .synthetic import ClutteredMNIST, DigitCanvas, Standardized, TranslatedScaledMNIST, standardized
+from .synthetic import (
+    ClutteredMNIST,
+    DigitCanvas,
+    Standardized,
+    TranslatedScaledMNIST,
+    pixel_stats,
+    standardized,
+)
 
 __all__ = [
     "load_mnist_digits", "load_idx_folder", "DigitCanvas", "TranslatedScaledMNIST", "ClutteredMNIST",
     "HFImageDataset", "IDXDataset", "build_dataset", "register_dataset", "list_datasets", "PREPARE_HINTS",
-    "is_idx_folder", "Standardized", "standardized",
+    "is_idx_folder", "Standardized", "pixel_stats", "standardized",
 ]
 
 _REGISTRY: dict[str, Callable[..., Dataset]] = {}

@@ -210,8 +210,13 @@ class Standardized(Dataset):
         return ((image - self.mean) / self.std, *rest)
 
 
+def pixel_stats(train_set: Dataset, sample: int = 512) -> tuple[float, float]:
+    """(mean, std) of the pixels of the first `sample` images of `train_set`."""
+    images = torch.stack([train_set[i][0] for i in range(min(sample, len(train_set)))])
+    return images.mean().item(), images.std().item()
+
+
 def standardized(train_set: Dataset, test_set: Dataset, sample: int = 512) -> tuple[Dataset, Dataset]:
     """Both datasets standardised with the pixel mean and std of the first `sample` training images."""
-    images = torch.stack([train_set[i][0] for i in range(min(sample, len(train_set)))])
-    mean, std = images.mean().item(), images.std().item()
+    mean, std = pixel_stats(train_set, sample)
     return Standardized(train_set, mean, std), Standardized(test_set, mean, std)

