@@ -227,13 +227,19 @@ def smoke_run(tmp_path_factory):
     return out, final
 
 
+def test_train_error_end_is_the_mean_over_the_last_quarter():
+    curve = [{"step": s, "train_error": e} for s, e in [(300, 0.9), (1800, 0.3), (2100, 0.1), (2400, 0.2)]]
+    assert train.mean_since(curve, "train_error", 0.75 * 2400) == pytest.approx(0.2)
+    assert train.mean_since(curve, "train_error", 9999) == 0.2  # no point that late: the last one
+
+
 @pytest.mark.smoke
 def test_smoke_training_writes_metrics(smoke_run):
     out, final = smoke_run
     assert json.loads((out / "final_metrics.json").read_text()) == final
     shared = [f"gvar_{part}_{v}" for part in ("policy", "total") for v in train.SHARED_VARIANTS]
-    for key in ("test_error", "train_error", "train_error_auc", "ess", "ess_at_error_50", "accuracy",
-                "ess_shared_prior", "ess_shared_q", *shared):
+    for key in ("test_error", "train_error", "train_error_auc", "train_error_end", "ess", "ess_at_error_50",
+                "accuracy", "ess_shared_prior", "ess_shared_q", *shared):
         assert key in final
     cfg = get_config("smoke")
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]

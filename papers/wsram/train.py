@@ -212,6 +212,9 @@ def summarize(metrics_path: Path, test_error: float, cfg: WSRAMConfig) -> dict[s
         "glimpses": float(cfg.num_glimpses),
         "train_error": last["train_error"],  # at update max_steps, the same N for every variant of a config
         "train_error_auc": sum(r["train_error"] for r in curve) / len(curve),  # mean of the Fig. 2a curve
+        # the curve's mean over the last quarter of the updates: one logged point moves by up to 0.2 as
+        # training fluctuates, so comparisons "after the same number of updates" use this plateau level
+        "train_error_end": mean_since(curve, "train_error", 0.75 * cfg.max_steps),
         "scale_usage_entropy": last["scale_usage_entropy"],
         "ess": sum(r["ess"] for r in curve) / len(curve),  # mean of the Fig. 2c curve
         "ess_final": last["ess"],
@@ -223,6 +226,12 @@ def summarize(metrics_path: Path, test_error: float, cfg: WSRAMConfig) -> dict[s
     for key in (k for k in last if k.startswith("ess_shared_")):
         final[key] = sum(r[key] for r in curve) / len(curve)
     return final
+
+
+def mean_since(curve: list[dict], key: str, step: float) -> float:
+    """Mean of `key` over the logged points at or after `step` (the last point if none is)."""
+    late = [r[key] for r in curve if r["step"] >= step] or [curve[-1][key]]
+    return sum(late) / len(late)
 
 
 def ess_at_error(curve: list[dict], level: float) -> float:
