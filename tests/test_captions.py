@@ -1,5 +1,6 @@
 """WS-RAM caption generation (§5.2): BLEU, caption datasets, the multi-scale attention model, training."""
 
+import dataclasses
 import json
 import math
 import subprocess
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from core.data.captions import (
     DigitCaptions,
@@ -20,10 +22,12 @@ from core.data.captions import (
 from core.errors import UserError
 from core.estimators import variational_bound_loss, wake_sleep_loss
 from core.reproduce import load_spec
-from papers.wsram.captions import figures
+from core.runs import load_weights
+from papers.wsram.captions import encoder, figures
+from papers.wsram.captions import train as caption_train
 from papers.wsram.captions.config import get_config
 from papers.wsram.captions.evaluate import bleu_scores, trivial_baselines
-from papers.wsram.captions.model import build_model
+from papers.wsram.captions.model import MultiScaleCNN, build_model
 from papers.wsram.captions.train import surrogate_loss
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,6 +217,82 @@ def test_greedy_generation_stops_at_eos():
             assert all(w == 0 for w in row[row.index(eos) + 1:])
 
 
+def _every_caption(vocab_size: int, eos: int, steps: int) -> list[list[int]]:
+    """Every token sequence generate() can emit in `steps` steps: through <eos>, or `steps` tokens without."""
+    ended, live = [], [[]]
+    for _ in range(steps):
+        live = [seq + [w] for seq in live for w in range(vocab_size)]
+        ended += [seq for seq in live if seq[-1] == eos]
+        live = [seq for seq in live if seq[-1] != eos]
+    return ended + live
+
+
+def _through_eos(row: list[int], eos: int) -> list[int]:
+    return row[:row.index(eos) + 1] if eos in row else row
+
+
+@torch.no_grad()
+def _argmax_attention_log_prob(model, image, captions: list[list[int]]) -> torch.Tensor:
+    """Total log-probability of each caption (tokens after <bos>) when every glimpse is the prior's most
+    probable (layer, location), as generate() decodes; teacher-forced, one row per caption."""
+    steps = max(map(len, captions))
+    tokens = torch.tensor([cap + [0] * (steps - len(cap)) for cap in captions])
+    length = torch.tensor([len(cap) for cap in captions])
+    values, slices, _ = model.features(image[None])
+    keys = model.policy.keys(values)
+    h, c = model._initial_state(values, len(captions))
+    prev = torch.full((len(captions),), model.vocab.stoi["<bos>"])
+    total = torch.zeros(len(captions))
+    for t in range(steps):
+        z = values[0, model.policy(keys, h, slices).argmax(-1)]
+        h, c = model.lstm(torch.cat([model.embed(prev), z], -1), (h, c))
+        logp = model._word_logits(prev, h, z).log_softmax(-1).gather(1, tokens[:, t:t + 1]).squeeze(1)
+        total += torch.where(t < length, logp, 0.0)
+        prev = tokens[:, t]
+    return total
+
+
+@pytest.mark.unit
+def test_a_beam_of_one_is_greedy():
+    cfg = get_config("smoke")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    images = _batch(cfg, 8)[0]
+    greedy = model.generate(images, max_len=6)
+    assert all(torch.equal(a, b) for a, b in zip(model.beam_search(images, 6, 1), greedy, strict=True))
+    words, scales = model.generate(images, max_len=6, beam_size=3)
+    assert words.shape[0] == 8 and words.shape[1] <= 7 and scales.shape == words.shape
+    eos = model.vocab.stoi["<eos>"]
+    for row, row_scales in zip(words.tolist(), scales.tolist(), strict=True):
+        if eos in row:  # <pad> and no glimpse after the end
+            assert set(row[row.index(eos) + 1:]) <= {0} and set(row_scales[row.index(eos) + 1:]) <= {-1}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("max_len", [1, 2])
+def test_a_beam_holding_every_prefix_finds_the_most_probable_caption(max_len):
+    """Beam search is exact once the beam can hold every prefix before the last step, k = V ** max_len (at
+    max_len 1, a beam as wide as the vocabulary): brute force over every caption it could emit agrees."""
+    cfg = get_config("smoke")
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    images = _batch(cfg, 4)[0]
+    v, eos = len(model.vocab), model.vocab.stoi["<eos>"]
+    captions = _every_caption(v, eos, max_len + 1)
+    beam = model.generate(images, max_len, beam_size=v ** max_len)[0].tolist()
+    greedy = model.generate(images, max_len)[0].tolist()
+    greedy_worse = []
+    for i, image in enumerate(images):
+        ended = _through_eos(beam[i], eos)
+        assert set(beam[i][len(ended):]) <= {0}  # <pad> after the end
+        best = _argmax_attention_log_prob(model, image, captions).max().item()
+        found, greedy_score = _argmax_attention_log_prob(
+            model, image, [ended, _through_eos(greedy[i], eos)]).tolist()
+        assert found == pytest.approx(best, abs=1e-5) and found >= greedy_score - 1e-6
+        greedy_worse.append(greedy_score < best - 1e-4)
+    assert any(greedy_worse)  # greedy misses the best caption somewhere, so the search is what found it
+
+
 @pytest.mark.unit
 def test_trivial_baselines():
     train, test = DigitCaptions("train", 300), DigitCaptions("test", 100, pairs=False)
@@ -230,6 +310,8 @@ def test_config_validation():
         parse_args(gc, ["--config", "cpu", "--set", "estimator=var", "--set", "use_q=true"])
     with pytest.raises(SystemExit):
         parse_args(gc, ["--config", "cpu", "--set", "num_scales=9"])
+    with pytest.raises(SystemExit):
+        parse_args(gc, ["--config", "cpu", "--set", "beam_size=0"])
     cfg, _ = parse_args(gc, ["--config", "cpu", "--set", "q_word=next", "--seed", "2"])
     assert cfg.q_word == "next" and cfg.seed == 2 and cfg.variant == "WS-RAM"
 
@@ -257,6 +339,88 @@ def test_train_smoke_writes_metrics_and_figure(tmp_path):
     bad = subprocess.run([sys.executable, "papers/wsram/captions/train.py", "--config", "smoke", "--set",
                           "nope=1"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.splitlines()) == 1
+
+
+# ---- a pretrained, frozen encoder ----
+
+@pytest.mark.smoke
+def test_a_frozen_encoder_from_a_file_is_loaded_and_not_trained(tmp_path, monkeypatch):
+    cfg = get_config("smoke")
+    torch.manual_seed(123)  # not the run's seed: the file's weights differ from the model's initial ones
+    weights = MultiScaleCNN(1, cfg.cnn_widths, cfg.convs_per_stage, cfg.num_scales).state_dict()
+    save_file(weights, str(tmp_path / "encoder.safetensors"))
+    built = []
+
+    def spy(*args, **kwargs):
+        model = build_model(*args, **kwargs)
+        built.append((model, {n: p.detach().clone() for n, p in model.named_parameters()}))
+        return model
+
+    monkeypatch.setattr(caption_train, "build_model", spy)
+    out = tmp_path / "run"
+    caption_train.main(["--config", "smoke", "--output-dir", str(out), "--set", "max_steps=2",
+                        "--set", f"encoder_weights={tmp_path / 'encoder.safetensors'}"])
+    ((model, initial),) = built
+    trained = load_file(str(out / "checkpoints" / "step_2" / "model.safetensors"))
+    for name, w in weights.items():
+        assert torch.equal(trained[f"cnn.{name}"], w) and not torch.equal(initial[f"cnn.{name}"], w)
+    others = [n for n in initial if not n.startswith("cnn.")]
+    assert others and all(not torch.equal(trained[n], initial[n]) for n in others)
+    assert not model.train().cnn.training and model.project.training
+
+
+@pytest.mark.unit
+def test_a_pretrained_encoder_sees_imagenet_normalised_images(tmp_path):
+    cfg = get_config("smoke")
+    (tmp_path / "encoder.safetensors").touch()  # only its existence is checked before train.py loads it
+    plain = build_model(cfg, in_channels=3)
+    pretrained = build_model(dataclasses.replace(cfg, encoder_weights=str(tmp_path / "encoder.safetensors")),
+                             in_channels=3)
+    pretrained.load_state_dict(plain.state_dict())
+    images = torch.rand(2, 3, cfg.image_size, cfg.image_size)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
+    expected = plain.features((images - mean[:, None, None]) / std[:, None, None])[0]
+    assert torch.allclose(pretrained.features(images)[0], expected, atol=1e-6)
+
+
+@pytest.mark.smoke
+def test_encoder_weights_missing_or_of_another_shape_fail_in_one_line(tmp_path, capsys):
+    cfg = get_config("smoke")
+    missing = tmp_path / "none.safetensors"
+    with pytest.raises(UserError, match="no file at"):
+        dataclasses.replace(cfg, encoder_weights=str(missing))
+    wide = tmp_path / "wide.safetensors"  # a first stage of 8 channels, not the smoke config's 4
+    save_file(MultiScaleCNN(1, (8, 4, 4, 4), cfg.convs_per_stage, cfg.num_scales).state_dict(), str(wide))
+    for path, reason in ((missing, "no file at"), (wide, "does not fit")):
+        out = tmp_path / path.stem
+        with pytest.raises(SystemExit) as failed:
+            caption_train.main(["--config", "smoke", "--output-dir", str(out),
+                                "--set", f"encoder_weights={path}"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert failed.value.code == 2 and len(err) == 1 and reason in err[0] and str(path) in err[0], err
+    assert not (tmp_path / "none").exists()  # refused before the run directory was claimed
+
+
+@pytest.mark.unit
+def test_torchvision_vgg16_weights_convert_to_the_encoder(tmp_path):
+    widths, convs = (64, 128, 256, 512, 512), (2, 2, 3, 3, 3)
+    stages = [[0, 2], [5, 7], [10, 12, 14], [17, 19, 21], [24, 26, 28]]  # torchvision vgg16's conv indices
+    state, c = {"classifier.0.weight": torch.zeros(4, 3), "classifier.0.bias": torch.zeros(4)}, 3
+    for width, indices in zip(widths, stages, strict=True):
+        for k in indices:  # every tensor filled with its layer's index, to see where it lands
+            state |= {f"features.{k}.weight": torch.full((width, c, 3, 3), float(k)),
+                      f"features.{k}.bias": torch.full((width,), float(k))}
+            c = width
+    torch.save(state, tmp_path / "vgg16.pth")
+    encoder.main([str(tmp_path / "vgg16.pth"), str(tmp_path / "vgg16.safetensors")])
+    cnn = MultiScaleCNN(3, widths, convs, num_scales=3)
+    load_weights(cnn, tmp_path / "vgg16.safetensors")  # strict: every key and shape fits
+    for s, indices in enumerate(stages):
+        for i, k in enumerate(indices):
+            conv = cnn.stages[s][2 * i]
+            assert (conv.weight == k).all() and (conv.bias == k).all()
+    with pytest.raises(UserError, match="features.0.weight"):
+        encoder.vgg16_to_encoder({"classifier.0.weight": torch.zeros(4, 3)})
 
 
 @pytest.mark.unit

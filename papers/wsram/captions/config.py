@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from core.errors import UserError
@@ -43,9 +44,13 @@ class CaptionConfig:
 
     # Model (§5.2 and Xu et al. [5])
     cnn_widths: tuple[int, ...] = (64, 128, 256, 512, 512)
-    """Channels of the CNN's stages, each ending in a 2x max-pool (VGG-16-shaped as in [5]; trained here)."""
+    """Channels of the CNN's stages, each ending in a 2x max-pool (VGG-16-shaped as in [5]; trained here
+    unless encoder_weights is set)."""
     convs_per_stage: tuple[int, ...] = (2, 2, 3, 3, 3)
     """3x3 conv layers per stage (VGG-16's 2,2,3,3,3)."""
+    encoder_weights: str = ""
+    """A .safetensors file of the CNN's weights (ImageNet VGG-16: captions/encoder.py), loaded and frozen;
+    images in [0, 1] are then normalised by ImageNet's mean/std ("": CNN trained, images as they are)."""
     num_scales: int = 3
     """§5.2: attention picks a layer = a scale; the last num_scales stages' maps are the choices (ours: 3)."""
     att_dim: int = 512
@@ -86,6 +91,8 @@ class CaptionConfig:
     """Fixed training captions on which the Fig. 4 training NLL is measured (attention from the prior)."""
     bleu_size: int = 0
     """Test images captioned for Table 2's BLEU (0: the whole test split: 1,000 Flickr8k images)."""
+    beam_size: int = 1
+    """Beam width of the captions for Table 2's BLEU (1: greedy; §5.2 does not say how it decoded; ours)."""
     checkpoint_every: int = 5_000
     """Updates between resumable checkpoints (0: only at the end)."""
     num_workers: int | None = None
@@ -104,6 +111,11 @@ class CaptionConfig:
                             f"got {self.num_scales}")
         if self.dataset == "digit-captions" and (self.train_size < 1 or self.test_size < 1):
             raise UserError("digit-captions needs train_size >= 1 and test_size >= 1")
+        if self.beam_size < 1:
+            raise UserError(f"beam_size must be >= 1 (1: greedy), got {self.beam_size}")
+        # Checked here, so that a wrong path fails before a run directory is claimed or any data read.
+        if self.encoder_weights and not Path(self.encoder_weights).is_file():
+            raise UserError(f"encoder_weights: no file at {self.encoder_weights}")
 
     @property
     def variant(self) -> str:

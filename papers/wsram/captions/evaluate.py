@@ -1,11 +1,12 @@
 """Evaluate a trained caption model (WS-RAM §5.2): BLEU-1..4 on the test images (Table 2) and per-word NLL.
 
-    python papers/wsram/captions/evaluate.py RUN_DIR [--num-samples M] [--bleu-size N]
+    python papers/wsram/captions/evaluate.py RUN_DIR [--num-samples M] [--bleu-size N] [--beam-size K]
 
 RUN_DIR is a train.py output directory (config.json and checkpoints/step_<N>/); the latest checkpoint is
 used. Prints one JSON line. BLEU is corpus BLEU (nltk's `corpus_bleu`, no smoothing, uniform n-gram
 weights, brevity penalty over the corpus) against all reference captions of each image, x100 as in Table 2;
-captions are generated greedily with the prior's most probable glimpse at every word.
+captions are generated with the prior's most probable glimpse at every word, greedily or by beam search
+(`CaptionAttentionModel.beam_search`; --beam-size, default the run's beam_size).
 """
 
 from __future__ import annotations
@@ -61,15 +62,16 @@ def _batches(dataset: CaptionDataset, indices: list[int], batch_size: int, devic
 
 @torch.no_grad()
 def caption_bleu(model: CaptionAttentionModel, dataset: CaptionDataset, size: int = 0,
-                 batch_size: int = 100) -> dict[str, float]:
-    """Table 2: BLEU-1..4 of greedy captions of the first `size` images (0: all), the fraction of captions
-    equal to a reference, and the fraction of glimpses spent at each scale (finest first)."""
+                 batch_size: int = 100, beam_size: int = 1) -> dict[str, float]:
+    """Table 2: BLEU-1..4 of the captions (greedy, or a beam of `beam_size`) of the first `size` images (0:
+    all), the fraction of captions equal to a reference, and the fraction of glimpses spent at each scale
+    (finest first)."""
     model.eval()
     device = next(model.parameters()).device
     n = min(size or len(dataset), len(dataset))
     hypotheses, references, exact, scale_counts = [], [], 0, torch.zeros(model.cfg.num_scales)
     for images, _, image_ids in _batches(dataset, list(range(n)), batch_size, device):
-        words, scales = model.generate(images, dataset.max_len)
+        words, scales = model.generate(images, dataset.max_len, beam_size)
         for row, i in zip(words.tolist(), image_ids, strict=True):
             hyp, refs = model.vocab.decode(row), dataset.references(i)
             hypotheses.append(hyp)
@@ -129,13 +131,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--num-samples", type=int, default=None, help="M for the NLL (default: the run's)")
     parser.add_argument("--bleu-size", type=int, default=None, help="test images to caption (default: run's)")
+    parser.add_argument("--beam-size", type=int, default=None, help="1: greedy (default: the run's)")
     args = parser.parse_args(argv)
-    if any(v is not None and v < 1 for v in (args.num_samples, args.bleu_size)):
-        raise UserError("--num-samples and --bleu-size must be >= 1")
+    if any(v is not None and v < 1 for v in (args.num_samples, args.bleu_size, args.beam_size)):
+        raise UserError("--num-samples, --bleu-size and --beam-size must be >= 1")
     cfg, model, _, test = load_run(args.run_dir)
     torch.manual_seed(cfg.seed)
     size = args.bleu_size or cfg.bleu_size
-    result = {"variant": cfg.variant, **caption_bleu(model, test, size),
+    beam = args.beam_size or cfg.beam_size
+    result = {"variant": cfg.variant, **caption_bleu(model, test, size, beam_size=beam),
               "test_nll": caption_nll(model, test, list(range(min(size or len(test), len(test)))),
                                       args.num_samples or cfg.num_samples)}
     print(json.dumps(result))

@@ -31,6 +31,9 @@ from core.errors import UserError
 
 from .config import CaptionConfig
 
+# The input statistics of torchvision's ImageNet models (images in [0, 1], RGB), for a pretrained encoder.
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
 
 class MultiScaleCNN(nn.Module):
     """Stages of 3x3 conv + ReLU layers, each stage ending in a 2x max-pool; returns the last
@@ -85,13 +88,22 @@ class Attention(nn.Module):
 class CaptionAttentionModel(nn.Module):
     """forward(images, captions, num_samples, proposal) samples M attention sequences per caption
     (teacher forcing) and returns, shaped (M, B): log p(y | a, I), log p(a | I) under the prior, and the
-    log-density of the proposal ("prior" or "q") they were drawn from; generate() captions greedily."""
+    log-density of the proposal ("prior" or "q") they were drawn from; generate() captions greedily or by beam
+    search. With cfg.encoder_weights the CNN is frozen (train.py loads its weights), its input normalised."""
 
     def __init__(self, cfg: CaptionConfig, vocab: Vocabulary, in_channels: int):
         super().__init__()
         self.cfg, self.vocab = cfg, vocab
         d, v = cfg.att_dim, len(vocab)
         self.cnn = MultiScaleCNN(in_channels, cfg.cnn_widths, cfg.convs_per_stage, cfg.num_scales)
+        if cfg.encoder_weights:
+            self.cnn.requires_grad_(False)
+            mean, std = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+            if in_channels == 1:  # grey scenes: R = G = B
+                mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
+            # Not persistent: constants, so checkpoints hold the same keys with or without an encoder file.
+            self.register_buffer("pixel_mean", mean.view(-1, 1, 1), persistent=False)
+            self.register_buffer("pixel_std", std.view(-1, 1, 1), persistent=False)
         self.project = nn.ModuleList(nn.Conv2d(c, d, 1) for c in self.cnn.out_channels)
         sides = [cfg.image_size // 2 ** (len(cfg.cnn_widths) - cfg.num_scales + 1 + j)
                  for j in range(cfg.num_scales)]
@@ -108,8 +120,16 @@ class CaptionAttentionModel(nn.Module):
             self.q_embed = nn.Embedding(v, cfg.embed)
             self.q_attention = Attention(cfg.hidden + cfg.embed, d, cfg.q_hidden, cfg.num_scales)
 
+    def train(self, mode: bool = True) -> CaptionAttentionModel:
+        super().train(mode)
+        if self.cfg.encoder_weights:
+            self.cnn.eval()  # a frozen encoder is always used as it was pretrained
+        return self
+
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[slice], torch.Tensor]:
         """(values (B, N, d) over all locations of all scales, one slice of N per scale, scale index (N,))."""
+        if self.cfg.encoder_weights:
+            images = (images - self.pixel_mean) / self.pixel_std
         values, slices, scale, start = [], [], [], 0
         for j, (fmap, proj) in enumerate(zip(self.cnn(images), self.project, strict=True)):
             v = proj(fmap).flatten(2).transpose(1, 2) + self.where[j]  # (B, H*W, d)
@@ -163,9 +183,13 @@ class CaptionAttentionModel(nn.Module):
                 "tokens": mask[:B].sum(1), "scales": scales, "mask": mask[:B].bool()}
 
     @torch.no_grad()
-    def generate(self, images: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def generate(self, images: torch.Tensor, max_len: int,
+                 beam_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
         """Greedy captions: at each step the prior's most probable (layer, location), then the most probable
-        word. Returns word ids (B, max_len + 1) (<eos> then <pad> after the end) and chosen scales."""
+        word (beam_size > 1: `beam_search`). Returns word ids (B, <= max_len + 1) (<eos> then <pad> after the
+        end) and chosen scales (-1 after the end)."""
+        if beam_size > 1:
+            return self.beam_search(images, max_len, beam_size)
         values, slices, scale_of = self.features(images)
         keys = self.policy.keys(values)
         h, c = self._initial_state(values, 1)
@@ -184,6 +208,44 @@ class CaptionAttentionModel(nn.Module):
             if done.all():
                 break
         return torch.stack(words, 1), torch.stack(scales, 1)
+
+    @torch.no_grad()
+    def beam_search(self, images: torch.Tensor, max_len: int, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The best of k beams per image, as `generate` returns it. Every beam keeps its own LSTM state and
+        attends where the prior is most probable, as greedy does; its score is the sum of its words'
+        log-probabilities (not length-normalised). A beam that emitted <eos> has ended: it stays in the
+        beam, extended only by <pad> at no cost. The search stops once every image's best beam has ended:
+        scores only fall, so no other beam can overtake it. k = 1 is greedy up to ties."""
+        values, slices, scale_of = self.features(images)
+        keys = self.policy.keys(values)
+        h, c = self._initial_state(values, k)  # sample-major rows as in forward: beam j of image b at j*B + b
+        B, device = images.shape[0], images.device
+        image = torch.arange(k * B, device=device) % B
+        score = torch.full((k, B), -math.inf, device=device)
+        score[0] = 0  # the beams start identical: extend only the first
+        prev = torch.full((k * B,), self.vocab.stoi["<bos>"], dtype=torch.long, device=device)
+        done = torch.zeros(k * B, dtype=torch.bool, device=device)
+        words = scales = prev.new_zeros(k * B, 0)
+        for _ in range(max_len + 1):
+            where = self.policy(keys, h, slices).argmax(-1)
+            z = values[image, where]
+            h, c = self.lstm(torch.cat([self.embed(prev), z], -1), (h, c))
+            logp = F.log_softmax(self._word_logits(prev, h, z), -1)
+            logp[done] = -math.inf
+            logp[done, 0] = 0  # an ended beam is extended only by <pad>, at no cost
+            v = logp.shape[1]
+            # The k best of the k*V extensions of each image's beams, best first.
+            top, best = (score.reshape(-1, 1) + logp).view(k, B, v).transpose(0, 1).reshape(B, -1).topk(k, -1)
+            score = top.t()
+            source = ((best // v).t() * B + torch.arange(B, device=device)).flatten()  # the row each extends
+            prev = (best % v).t().flatten()
+            ended = done[source]
+            words = torch.cat([words[source], prev[:, None]], 1)
+            scales = torch.cat([scales[source], scale_of[where[source]].masked_fill(ended, -1)[:, None]], 1)
+            h, c, done = h[source], c[source], ended | (prev == self.vocab.stoi["<eos>"])
+            if done[:B].all():  # every image's best beam has ended
+                break
+        return words[:B], scales[:B]
 
     @torch.no_grad()
     def log_likelihood(self, images: torch.Tensor, captions: torch.Tensor, num_samples: int) -> torch.Tensor:

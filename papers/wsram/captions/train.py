@@ -9,8 +9,9 @@ the selected estimator's surrogate from core.estimators: VAR (eqs. 3-5, `variati
   train_nll  per-word NLL of `probe_size` fixed training captions, log p(y | I) estimated with M attention
              sequences from the prior (the inference network never guides it);
   ess        effective sample size of the update's importance weights (eq. 7), in [1, M].
-After the last update it captions the test images greedily for Table 2 (BLEU-1..4) and writes
-final_metrics.json, including what an image-blind captioner gets (the `*_constant` BLEU and `unigram_nll`).
+After the last update it captions the test images (greedily, or by beam search: beam_size) for Table 2
+(BLEU-1..4) and writes final_metrics.json, including what an image-blind captioner gets (the `*_constant` BLEU
+and `unigram_nll`).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from core.estimators import (
     variational_bound_loss,
     wake_sleep_loss,
 )
-from core.runs import is_main_process, micro_batch
+from core.runs import is_main_process, load_weights, micro_batch
 from core.train import LoopConfig, train, unwrap
 from papers.wsram.captions.config import CaptionConfig, get_config
 from papers.wsram.captions.evaluate import caption_bleu, caption_nll, make_datasets, trivial_baselines
@@ -104,7 +105,9 @@ def run(cfg: CaptionConfig, output_dir: str) -> dict[str, float]:
     """Train, then BLEU, test NLL and the trivial baselines (core.cli.run_paper writes them)."""
     train_set, test_set = make_datasets(cfg)
     model = build_model(cfg, train_set.vocab, test_set[0][0].shape[0])
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.encoder_weights:  # a pretrained CNN, which the model froze
+        load_weights(model.cnn, cfg.encoder_weights)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
     loop = LoopConfig(max_steps=cfg.max_steps, batch_size=micro_batch(cfg.batch_size), seed=cfg.seed,
                       checkpoint_every=cfg.checkpoint_every, eval_every=cfg.eval_every,
                       log_every=cfg.log_every, output_dir=output_dir, num_workers=cfg.num_workers)
@@ -115,7 +118,7 @@ def run(cfg: CaptionConfig, output_dir: str) -> dict[str, float]:
         return {}
     with torch.random.fork_rng():
         torch.manual_seed(cfg.seed)
-        return {**caption_bleu(model, test_set, cfg.bleu_size),
+        return {**caption_bleu(model, test_set, cfg.bleu_size, beam_size=cfg.beam_size),
                 "test_nll": metrics["nll_sum"] / metrics["words"],
                 **summarize(Path(output_dir) / "metrics.jsonl", cfg),
                 **trivial_baselines(train_set, test_set, probe_indices, cfg.bleu_size)}
