@@ -349,6 +349,10 @@ def test_curve_stats_count_plateau_noise_truncation_and_levels():
     assert rows[0]["iters"] == 200 and rows[0]["late"] == 0.0 and rows[0]["to_0.85"] == 200
     assert rows[0]["plateau_sd"] == pytest.approx(0.005, abs=1e-9)  # alternating 0.91, 0.90 from step 500
     assert rows[1]["iters"] == 1000 and rows[1]["late"] == 1.0  # truncated: best at the last point
+    # A steady rise inflates the plateau SD but not the step-to-step SD; alternation inflates both.
+    ramp = curve_stats({0: (steps, [0.5 + 0.04 * i for i in range(11)])}, 0.01, 1000, ())[0]
+    assert ramp["plateau_sd"] > 0.05 and ramp["step_sd"] == pytest.approx(0.0, abs=1e-9)
+    assert rows[0]["step_sd"] == pytest.approx(0.0098 / 2 ** 0.5, abs=1e-4)  # diffs -+0.01, SD 0.0098
     assert rows[1]["to_0.85"] == 800 and rows[1]["to_0.95"] is None
     assert iterations_to_level([0.1, 0.2], [0, 5], 0.2) == 5 and plateau_sd([0.3], [9], 0) == 0.0
 
@@ -428,7 +432,7 @@ def test_smoke_runs_write_metrics_sequences_and_figures(tmp_path):
 
     sup = train.main(["--config", "smoke", "--output-dir", str(tmp_path / "supervision")])
     for key in ("first_glimpse_hit_rate", "partial_iters_mean", "unsupervised_iters_mean", "iters_ratio",
-                "accuracy", "mults", "glimpses", "coverage"):
+                "accuracy", "mults", "glimpses", "coverage", "ema_iters_ratio", "ema_plateau_sd"):
         assert key in sup and math.isfinite(sup[key])
     cfg = get_config("smoke")
     seq = (tmp_path / "supervision" / "sequences" / cfg.tasks[0] / "0.txt").read_text().splitlines()

@@ -86,6 +86,50 @@ def test_train_runs_logs_checkpoints_and_evaluates(tmp_path):
 
 
 @pytest.mark.unit
+def test_ema_of_the_weights_is_evaluated_beside_them_and_resumes_exactly(tmp_path):
+    decay = 0.8
+    model, opt, data = _setup()
+    weights = []  # the trained weights after every update, to rebuild the average by hand
+
+    def step_fn(model, batch, step):
+        weights.append([p.detach().clone() for p in model.parameters()])  # the weights after update step-1
+        return _step(model, batch, step)
+
+    loop = LoopConfig(max_steps=6, batch_size=8, eval_every=3, log_every=3, checkpoint_every=3,
+                      ema_decay=decay, output_dir=str(tmp_path / "a"), cpu=True)
+    train(loop, model, opt, data, step_fn, eval_dataset=data, eval_fn=_eval)
+    weights = weights[1:] + [[p.detach().clone() for p in model.parameters()]]
+    expected = weights[0]
+    for w in weights[1:]:
+        expected = [decay * e + (1 - decay) * x for e, x in zip(expected, w, strict=True)]
+    saved = load_file(tmp_path / "a" / "checkpoints" / "step_6" / "model.safetensors")
+    assert saved  # the trained weights are checkpointed as before; the average rides along as custom state
+    records = _records(tmp_path / "a" / "metrics.jsonl")
+    assert [("eval/acc" in r, "eval_ema/acc" in r) for r in records] == [(True, True), (True, True)]
+
+    # A run killed at step 3 and resumed ends with the same average (it is checkpointed).
+    model_b, opt_b, _ = _setup()
+    averaged = {}
+
+    def eval_fn(model, batch):
+        averaged[id(model)] = [p.detach().clone() for p in model.parameters()]
+        return _eval(model, batch)
+
+    part = dataclasses.replace(loop, max_steps=3, output_dir=str(tmp_path / "b"))
+    train(part, model_b, opt_b, data, _step, eval_dataset=data, eval_fn=_eval)
+    full = dataclasses.replace(loop, output_dir=str(tmp_path / "b"))
+    train(full, *_setup(seed=1)[:2], data, _step, eval_dataset=data, eval_fn=eval_fn)
+    ema_weights = [w for w in averaged.values() if not all(
+        torch.equal(a, b) for a, b in zip(w, weights[-1], strict=True))]
+    assert len(ema_weights) == 1
+    for got, want in zip(ema_weights[0], expected, strict=True):
+        torch.testing.assert_close(got, want)
+    assert _records(tmp_path / "b" / "metrics.jsonl") == records
+    with pytest.raises(UserError, match="ema_decay must lie in"):
+        LoopConfig(max_steps=1, batch_size=1, ema_decay=1.0)
+
+
+@pytest.mark.unit
 def test_wall_clock_checkpoints_at_logging_steps_and_a_resume_says_where(tmp_path, capsys):
     model, opt, data = _setup()
     loop = LoopConfig(max_steps=9, batch_size=8, checkpoint_every=0, checkpoint_every_s=1e-9, log_every=3,

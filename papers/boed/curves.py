@@ -25,6 +25,13 @@ def plateau_sd(curve: Sequence[float], steps: Sequence[int], start: int) -> floa
     return tail.std(correction=0).item() if len(tail) > 1 else 0.0
 
 
+def step_sd(curve: Sequence[float], steps: Sequence[int], start: int) -> float:
+    """SD of one validation around its neighbours at steps >= start: the SD of consecutive differences over
+    sqrt(2), which a slow trend (a still rising plateau) does not inflate as it does plateau_sd."""
+    tail = torch.tensor([a for a, s in zip(curve, steps, strict=True) if s >= start], dtype=torch.float64)
+    return (tail.diff().std(correction=0) / 2 ** 0.5).item() if len(tail) > 2 else 0.0
+
+
 def iterations_to_level(curve: Sequence[float], steps: Sequence[int], level: float) -> int | None:
     """First update at which the curve reaches `level`; None if it never does."""
     return next((int(s) for a, s in zip(curve, steps, strict=True) if a >= level), None)
@@ -66,16 +73,17 @@ def bootstrap_ratios(partial: dict[int, list[float]], unsupervised: dict[int, li
 
 def curve_stats(curves: dict[int, tuple[list[int], list[float]]], eps: float, max_steps: int,
                 levels: Sequence[float], late: float = 0.5) -> list[dict[str, float | None]]:
-    """Per net: the paper's count (`iters`), the plateau SD over the final `late` part of training, whether
-    the count lies in that part (`late`: the plateau may not have been reached, the count is truncated) and
-    the first update reaching each fixed accuracy (None: never reached)."""
+    """Per net: the paper's count (`iters`), the plateau SD and the step-to-step SD (`step_sd`) over the
+    final `late` part of training, whether the count lies in that part (`late`: the plateau may not have
+    been reached, the count is truncated) and the first update reaching each fixed accuracy (None: never
+    reached)."""
     start = int(max_steps * (1 - late))
     rows = []
     for e in sorted(curves):
         steps, acc = curves[e]
         iters = iterations_to_within(acc, eps, steps)
         row = {"iters": float(iters), "plateau_sd": plateau_sd(acc, steps, start),
-               "late": float(iters >= start)}
+               "step_sd": step_sd(acc, steps, start), "late": float(iters >= start)}
         for lv in levels:
             row[f"to_{lv:g}"] = iterations_to_level(acc, steps, lv)
         rows.append(row)

@@ -7,7 +7,8 @@ record (stage "summary") holds each run's figure data, and writes into DIR (defa
   fig2_first_epe.png   EPE of the first glimpse at every candidate location, per task (Fig. 2, panel 4)
   fig5_iterations.png  iterations to within 0.01 of the best validation accuracy per task, partially
                        supervised vs unsupervised: the mean (bar) and every net of seeds x replicates
-                       (dots); and the mean validation curves (Fig. 5)
+                       (dots); and the mean validation curves of the trained weights (solid) and of
+                       their moving average where the run kept one (dashed) (Fig. 5)
   fig6_heatmaps.png    per task, condition and time step: the fraction of test glimpses covering each
                        pixel, on one colour scale (square-root, with its colour bar) (Fig. 6)
   fig7_flops.png       test accuracy vs multiplications per image: the adaptive-stopping hard-attention net
@@ -77,10 +78,12 @@ def fig5(summaries: list[dict], out: Path) -> Path:
         ax.bar(x, [np.mean(v) for v in per_task], width, color=COLORS.get(cond), label=cond)
         for xi, v in zip(x, per_task, strict=True):
             ax.plot([xi] * len(v), v, "k.", markersize=3, alpha=0.6)
-        curves = [s["curves"][str(e)] for s in summaries
-                  for e, (c, _) in enumerate(s["members"]) if c == cond]
-        steps = curves[0][0]
-        ax2.plot(steps, np.mean([c[1] for c in curves], 0), color=COLORS.get(cond), label=cond)
+        for key, style, label in (("curves", "-", cond), ("ema_curves", "--", f"{cond}, moving average")):
+            curves = [s[key][str(e)] for s in summaries if key in s
+                      for e, (c, _) in enumerate(s["members"]) if c == cond]
+            if curves:
+                ax2.plot(curves[0][0], np.mean([c[1] for c in curves], 0), style, color=COLORS.get(cond),
+                         label=label)
     ax.set_xticks(np.arange(len(names)), names, rotation=30, fontsize=8)
     ax.set_ylabel("iterations to within 0.01 of best val. acc.")
     ax.set_title("bars: mean over nets; dots: each net (seeds x replicates)", fontsize=8)

@@ -196,11 +196,12 @@ def members(cfg: BOEDConfig) -> list[tuple[str, int]]:
     return [(c, k) for c in cfg.conditions for k in range(len(cfg.tasks)) for _ in range(cfg.replicates)]
 
 
-def loop_config(cfg: BOEDConfig, out: Path, steps: int, batch_size: int, eval_every: int = 0) -> LoopConfig:
+def loop_config(cfg: BOEDConfig, out: Path, steps: int, batch_size: int, eval_every: int = 0,
+                ema_decay: float = 0.0) -> LoopConfig:
     """core.train's batch is per process; the config's batch sizes are images per update (core.runs)."""
     return LoopConfig(max_steps=steps, batch_size=micro_batch(batch_size), seed=cfg.seed,
                       checkpoint_every=cfg.checkpoint_every, eval_every=eval_every, log_every=cfg.log_every,
-                      output_dir=str(out), num_workers=cfg.num_workers)
+                      output_dir=str(out), num_workers=cfg.num_workers, ema_decay=ema_decay)
 
 
 

@@ -106,26 +106,77 @@ def make_eval_fn(cfg: BOEDConfig, tasks: list[int] | None = None):
 def train_attention(cfg: BOEDConfig, data: dict[str, Split], out: Path, tasks: list[int],
                     supervision: Supervision | None, adaptive: bool = False):
     """One core.train run of len(tasks) member networks (member e learns task tasks[e]); returns the model
-    and the validation-accuracy curves {member: (steps, accuracies)}."""
+    and the validation-accuracy curves {member: (steps, accuracies)} of its weights and (with ema_decay) of
+    their moving average (else None)."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, members=len(tasks), adaptive=adaptive)
     step_fn, eval_fn = make_step_fn(cfg, tasks, supervision), make_eval_fn(cfg, tasks)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    train(loop_config(cfg, out, cfg.max_steps, cfg.batch_size, cfg.eval_every), model, optimizer,
+    ema_decay = 0.0 if adaptive else cfg.ema_decay
+    train(loop_config(cfg, out, cfg.max_steps, cfg.batch_size, cfg.eval_every, ema_decay), model, optimizer,
           Indexed(data["train"]), step_fn, Indexed(data["val"]), eval_fn)
     rows = read_log(out / "metrics.jsonl")
-    curves = {}
-    for e in range(len(tasks)):
-        pts = [(r["step"], r[f"eval/acc_m{e}"]) for r in rows if f"eval/acc_m{e}" in r]
-        curves[e] = ([p[0] for p in pts], [p[1] for p in pts])
-    return model, curves
+
+    def read_curves(prefix: str) -> dict[int, tuple[list[int], list[float]]]:
+        curves = {}
+        for e in range(len(tasks)):
+            pts = [(r["step"], r[f"{prefix}/acc_m{e}"]) for r in rows if f"{prefix}/acc_m{e}" in r]
+            curves[e] = ([p[0] for p in pts], [p[1] for p in pts])
+        return curves
+
+    return model, read_curves("eval"), read_curves("eval_ema") if ema_decay else None
 
 
 
-def summarize_attention(cfg: BOEDConfig, model, curves, data: dict[str, Split],
+def curve_metrics(cfg: BOEDConfig, curves, layout: list[tuple[str, int]]) -> tuple[dict, list[dict]]:
+    """The Fig. 5 statistics of one set of validation curves: per condition the paper's counts (mean, per
+    task, spread over replicates), the curves' plateau SD and truncated counts, the secondary fixed-accuracy
+    times; then the unsupervised / partial ratios with their bootstrap intervals. Also the per-net rows."""
+    stats = curve_stats(curves, cfg.convergence_eps, cfg.max_steps, cfg.accuracy_levels)
+    iters = [r["iters"] for r in stats]
+    m, counts_by = {}, {}
+    for cond in cfg.conditions:
+        sel = [e for e, (c, _) in enumerate(layout) if c == cond]
+        p = f"{cond}_"
+        m[p + "best_val_acc"] = sum(max(curves[e][1]) for e in sel) / len(sel)
+        m[p + "iters_mean"] = sum(iters[e] for e in sel) / len(sel)
+        by_task = counts_by[cond] = {k: [iters[e] for e in sel if layout[e][1] == k]
+                                     for k in range(len(cfg.tasks))}
+        for k, reps in by_task.items():
+            m[p + f"iters_task{k}"] = sum(reps) / len(reps)
+        if cfg.replicates > 1:  # §5's "variance": over replicate nets of a task, averaged over tasks
+            m[p + "iters_var"] = pooled_variance(by_task)
+        m[p + "iters_var_all_nets"] = torch.tensor([iters[e] for e in sel]).var().item()
+        m[p + "plateau_sd"] = sum(stats[e]["plateau_sd"] for e in sel) / len(sel)
+        m[p + "plateau_sd_max"] = max(stats[e]["plateau_sd"] for e in sel)
+        m[p + "step_sd"] = sum(stats[e]["step_sd"] for e in sel) / len(sel)
+        m[p + "late_count_frac"] = sum(stats[e]["late"] for e in sel) / len(sel)
+        for lv in cfg.accuracy_levels:  # secondary: never reached counts as max_steps (a lower bound)
+            reached = [stats[e][f"to_{lv:g}"] for e in sel]
+            m[p + f"steps_to_{lv:g}"] = sum(cfg.max_steps if r is None else r for r in reached) / len(sel)
+            m[p + f"never_{lv:g}_frac"] = sum(r is None for r in reached) / len(sel)
+    m.update(plateau_sd=sum(r["plateau_sd"] for r in stats) / len(stats),
+             step_sd=sum(r["step_sd"] for r in stats) / len(stats),
+             late_count_frac=sum(r["late"] for r in stats) / len(stats))
+    if {"partial", "unsupervised"} <= set(cfg.conditions):
+        m["iters_ratio"], var_ratio = ratios(counts_by["partial"], counts_by["unsupervised"])
+        if cfg.replicates > 1:
+            m["iters_var_ratio"] = var_ratio
+            m.update(bootstrap_ratios(counts_by["partial"], counts_by["unsupervised"], cfg.bootstrap_draws,
+                                      cfg.seed))
+        m["iters_var_all_nets_ratio"] = (m["unsupervised_iters_var_all_nets"]
+                                         / max(m["partial_iters_var_all_nets"], 1.0))
+        for lv in cfg.accuracy_levels:
+            m[f"steps_to_{lv:g}_ratio"] = (m[f"unsupervised_steps_to_{lv:g}"]
+                                           / max(m[f"partial_steps_to_{lv:g}"], 1.0))
+    return m, stats
+
+
+def summarize_attention(cfg: BOEDConfig, model, curves, ema_curves, data: dict[str, Split],
                         layout: list[tuple[str, int]]) -> tuple[dict, dict]:
-    """Per condition: Fig. 5 iteration counts (and their spread over replicates), test accuracy, cost and the
-    Fig. 6 glimpse statistics; then the partial / unsupervised comparison."""
+    """Per condition: Fig. 5 iteration counts (and their spread over replicates) of the trained weights and,
+    given ema_curves, of their moving average (`ema_*`), test accuracy, cost and the Fig. 6 glimpse
+    statistics; then the partial / unsupervised comparison."""
     test = data["test"]
     tasks = [k for _, k in layout]
     out = rollout_dataset(model, test.images_float(), test.labels[:, tasks].long(), seed=cfg.seed,
@@ -136,38 +187,27 @@ def summarize_attention(cfg: BOEDConfig, model, curves, data: dict[str, Split],
     lattice = model.lattice.cpu()
     hits = None if test.boxes is None else hit_rates(out["indices"], lattice, cfg.glimpse_size,
                                                      [test.boxes[k] for k in tasks])
-    stats = curve_stats(curves, cfg.convergence_eps, cfg.max_steps, cfg.accuracy_levels)
-    iters = [int(r["iters"]) for r in stats]
+    m, stats = curve_metrics(cfg, curves, layout)
+    figure = {"members": layout, "iters": [int(r["iters"]) for r in stats],
+              "curves": {str(e): curves[e] for e in curves}, "curve_stats": stats}
+    if ema_curves is not None:
+        ema, ema_stats = curve_metrics(cfg, ema_curves, layout)
+        m.update({f"ema_{k}": v for k, v in ema.items()})
+        figure.update(ema_curves={str(e): ema_curves[e] for e in ema_curves}, ema_curve_stats=ema_stats)
     val = data["val"]
     repeat_sd = evaluation_repeat_sd(model, val.images_float(), val.labels[:, tasks].long(), cfg.eval_repeats,
                                      cfg.eval_samples, cfg.seed)
     per_glimpse, classifier = attention_mults(cfg, adaptive=False)
-    m, counts_by = {}, {}
     for cond in cfg.conditions:
         sel = [e for e, (c, _) in enumerate(layout) if c == cond]
         p = f"{cond}_"
         m[p + "accuracy"] = out["correct"][:, sel, -1].mean().item()
-        m[p + "best_val_acc"] = sum(max(curves[e][1]) for e in sel) / len(sel)
-        m[p + "iters_mean"] = sum(iters[e] for e in sel) / len(sel)
         m[p + "coverage"] = glimpse_coverage(out["indices"][:n, sel], lattice, cfg.glimpse_size,
                                              (cfg.image_size, cfg.image_size))
-        by_task = counts_by[cond] = {k: [float(iters[e]) for e in sel if layout[e][1] == k]
-                                     for k in range(len(cfg.tasks))}
-        for k, reps in by_task.items():
-            m[p + f"iters_task{k}"] = sum(reps) / len(reps)
+        for k in range(len(cfg.tasks)):
             of_task = [e for e in sel if layout[e][1] == k]
             m[p + f"accuracy_task{k}"] = out["correct"][:, of_task, -1].mean().item()
-        if cfg.replicates > 1:  # §5's "variance": over replicate nets of a task, averaged over tasks
-            m[p + "iters_var"] = pooled_variance(by_task)
-        m[p + "iters_var_all_nets"] = torch.tensor([float(iters[e]) for e in sel]).var().item()
-        m[p + "plateau_sd"] = sum(stats[e]["plateau_sd"] for e in sel) / len(sel)
-        m[p + "plateau_sd_max"] = max(stats[e]["plateau_sd"] for e in sel)
         m[p + "eval_repeat_sd"] = repeat_sd[sel].mean().item()
-        m[p + "late_count_frac"] = sum(stats[e]["late"] for e in sel) / len(sel)
-        for lv in cfg.accuracy_levels:  # secondary: never reached counts as max_steps (a lower bound)
-            reached = [stats[e][f"to_{lv:g}"] for e in sel]
-            m[p + f"steps_to_{lv:g}"] = sum(cfg.max_steps if r is None else r for r in reached) / len(sel)
-            m[p + f"never_{lv:g}_frac"] = sum(r is None for r in reached) / len(sel)
         m[p + "policy_entropy_t1"] = entropy[sel, 0].mean().item()
         m[p + "policy_entropy_later"] = entropy[sel, 1:].mean().item()
         if hits is not None:
@@ -180,26 +220,11 @@ def summarize_attention(cfg: BOEDConfig, model, curves, data: dict[str, Split],
     m.update(accuracy=m[main_cond + "_accuracy"], coverage=m[main_cond + "_coverage"],
              glimpses=float(cfg.num_glimpses), mults=float(cfg.num_glimpses * per_glimpse + classifier),
              majority_acc=sum(max(q, 1 - q) for q in test.labels.mean(0).tolist()) / len(cfg.tasks),
-             plateau_sd=sum(r["plateau_sd"] for r in stats) / len(stats),
-             eval_repeat_sd=repeat_sd.mean().item(),
-             late_count_frac=sum(r["late"] for r in stats) / len(stats))
+             eval_repeat_sd=repeat_sd.mean().item())
     if {"partial", "unsupervised"} <= set(cfg.conditions):
-        m["iters_ratio"], var_ratio = ratios(counts_by["partial"], counts_by["unsupervised"])
         m["accuracy_gain"] = m["partial_accuracy"] - m["unsupervised_accuracy"]
-        if cfg.replicates > 1:
-            m["iters_var_ratio"] = var_ratio
-            m.update(bootstrap_ratios(counts_by["partial"], counts_by["unsupervised"], cfg.bootstrap_draws,
-                                      cfg.seed))
-        m["iters_var_all_nets_ratio"] = (m["unsupervised_iters_var_all_nets"]
-                                         / max(m["partial_iters_var_all_nets"], 1.0))
-        for lv in cfg.accuracy_levels:
-            m[f"steps_to_{lv:g}_ratio"] = (m[f"unsupervised_steps_to_{lv:g}"]
-                                           / max(m[f"partial_steps_to_{lv:g}"], 1.0))
-    figure = {"members": layout, "iters": iters, "curves": {str(e): curves[e] for e in curves},
-              "curve_stats": stats,
-              "location_counts": counts.tolist()}
+    figure["location_counts"] = counts.tolist()
     return m, figure
-
 
 
 def run_supervision(cfg: BOEDConfig, data: dict[str, Split], out: Path, state: PartialState):
@@ -224,6 +249,6 @@ def run_supervision(cfg: BOEDConfig, data: dict[str, Split], out: Path, state: P
         table[:n] = sequences
         supervision = Supervision(tasks, cfg.num_glimpses, sequences=table, has_sequence=has,
                                   supervised=[c == "partial" for c, _ in layout])
-    model, curves = train_attention(cfg, data, out / "attention", tasks, supervision)
-    att, fig = summarize_attention(cfg, model, curves, data, layout)
+    model, curves, ema_curves = train_attention(cfg, data, out / "attention", tasks, supervision)
+    att, fig = summarize_attention(cfg, model, curves, ema_curves, data, layout)
     return m | att, figure | fig
