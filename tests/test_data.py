@@ -87,6 +87,24 @@ def test_imagefolder_image_size_transform_and_num_classes(tmp_path):
         build_dataset(str(tmp_path / "imgs"), "test", **kw)
 
 
+@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "LA", "I;16"])
+def test_pil_to_tensor_matches_the_plain_conversion(mode):
+    from core.data.sources import pil_to_tensor
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)).convert(mode)
+    for channels in (3, 1):
+        ours = pil_to_tensor(image, channels)
+        if mode == "I;16":
+            grey = torch.from_numpy(np.asarray(image, dtype=np.float32) / 65535)
+            expected = grey[None].expand(channels, -1, -1)
+        else:  # convert, float / 255, channels first
+            array = np.asarray(image.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
+            expected = torch.from_numpy(array.copy()).float() / 255
+            expected = expected.permute(2, 0, 1) if channels == 3 else expected[None]
+        assert ours.dtype == torch.float32 and ours.is_contiguous() and torch.equal(ours, expected), channels
+
+
 def test_corrupt_image_names_the_file(tmp_path):
     make_imagefolder(tmp_path / "imgs")
     (tmp_path / "imgs" / "dog" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"not an image" * 4)

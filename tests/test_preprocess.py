@@ -88,6 +88,165 @@ def test_hsv_round_trip_and_adjustments():
     assert torch.allclose(contrast, image.mean((1, 2), keepdim=True).expand(3, 8, 8), atol=1e-6)
 
 
+# ---- the fast paths against straightforward references (same draws, same outputs) ----
+
+def reference_resize(image, size, method):
+    """Dense float64 (out, in) weights from `_taps` (repeated taps added up), applied as two products."""
+    def dense(n_in, n_out):
+        index, weight = tf_image._taps(n_in, n_out, method)
+        matrix = np.zeros((n_out, n_in))
+        np.add.at(matrix, (np.arange(n_out)[:, None], index), weight)
+        return matrix
+    (h, w), (_, H, W) = size, image.shape
+    return torch.from_numpy(dense(H, h) @ image.double().numpy() @ dense(W, w).T)
+
+
+def reference_hsv(image):
+    """TF's rgb_to_hsv of adjust_hue_op.cc / adjust_saturation_op.cc, pixel by pixel, in float64."""
+    r, g, b = image.double()
+    v = torch.maximum(torch.maximum(r, g), b)
+    span = v - torch.minimum(torch.minimum(r, g), b)
+    s = torch.where(v > 0, span / v, 0.0)
+    norm = 1 / (6 * span)
+    h = torch.where(r == v, norm * (g - b),
+                    torch.where(g == v, norm * (b - r) + 2 / 6, norm * (r - g) + 4 / 6))
+    h = torch.where(span > 0, h, 0.0)
+    return torch.where(h < 0, h + 1, h), s, v
+
+
+def reference_rgb(h, s, v):
+    """TF's hsv_to_rgb of the same kernels: chroma c, x = c (1 - |dh mod 2 - 1|), one case per sextant."""
+    c = s * v
+    dh = h * 6
+    x = c * (1 - (dh % 2 - 1).abs())
+    zero = torch.zeros_like(c)
+    cases = ((c, x, zero), (x, c, zero), (zero, c, x), (zero, x, c), (x, zero, c), (c, zero, x))
+    sextant = dh.floor() % 6
+    rgb = torch.zeros(3, *c.shape, dtype=c.dtype)
+    for k, case in enumerate(cases):
+        rgb = torch.where(sextant == k, torch.stack(case), rgb)
+    return rgb + (v - c)
+
+
+def reference_adjust(image, name, factor):
+    if name == "brightness":
+        return image + factor
+    if name == "contrast":
+        mean = image.mean((-2, -1), keepdim=True)
+        return (image - mean) * factor + mean
+    h, s, v = reference_hsv(image)
+    if name == "hue":
+        return reference_rgb((h + factor) % 1, s, v)
+    return reference_rgb(h, (s * factor).clamp(0, 1), v)  # saturation
+
+
+def reference_distort_color(image, ordering):
+    """distort_color as the official code runs it: op by op, each drawing its factor in its turn."""
+    from papers.tnet.preprocess import COLOR_ORDERS, COLOR_RANGES
+
+    if ordering == 4:
+        return image
+    for name in COLOR_ORDERS[ordering]:
+        if image.shape[0] == 3 or name in ("brightness", "contrast"):
+            lo, hi = COLOR_RANGES[name]
+            image = reference_adjust(image, name, lo + (hi - lo) * torch.rand(()).item())
+    return image.clamp(0, 1)
+
+
+def made_image(seed, channels=3, size=(37, 52)):
+    """Random pixels with the cases the HSV ops branch on: grey (chroma 0), black, and pure 0/1 channels."""
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(channels, *size, generator=g)
+    image[:, :3] = image[:1, :3]  # grey
+    image[:, 3, :5] = 0
+    image[0, 4], image[-1, 5], image[-1, 6, :4] = 1, 0, 1
+    return image
+
+
+@pytest.mark.parametrize("method", tf_image.RESIZE_METHODS)
+def test_resize_matches_dense_reference_on_crops_and_sizes(method):
+    image = made_image(0, size=(75, 100))
+    for top, left, h, w in ((0, 0, 75, 100), (3, 7, 60, 81), (10, 20, 5, 3), (0, 0, 1, 1)):
+        crop = image[:, top:top + h, left:left + w]  # a view, as the pipelines pass it
+        for size in ((32, 32), (17, 45), (90, 120), (1, 3)):
+            ours = tf_image.resize(crop, size, method)
+            assert ours.shape == (3, *size) and ours.is_contiguous()
+            assert (ours - reference_resize(crop, size, method)).abs().max() <= 1e-5, (method, h, w, size)
+        # its sparse matrices are coalesced as built (the flag is set, not checked, in _matrix)
+        for n_out in (1, 32, 150):
+            matrix = tf_image._matrix(h, n_out, method, torch.float32)
+            assert torch.equal(matrix.indices(), torch.sparse_coo_tensor(
+                matrix.indices(), matrix.values(), matrix.shape, check_invariants=True).coalesce().indices())
+
+
+@pytest.mark.parametrize("delta", [-0.45, -0.2, 0.0, 0.13, 0.2, 1.3])
+def test_hsv_ops_match_tf_kernels_pixel_by_pixel(delta):
+    image = made_image(1) * 1.3 - 0.15  # brightness takes pixels out of [0, 1]; TF's ops do not clip
+    factor = 1 + delta  # 0.55 to 2.3
+    for ours, reference in (
+            (tf_image.adjust_hue(image, delta), reference_adjust(image, "hue", delta)),
+            (tf_image.adjust_saturation(image, factor), reference_adjust(image, "saturation", factor)),
+            (tf_image.adjust_saturation_and_hue(image, factor, delta),
+             reference_adjust(reference_adjust(image, "saturation", factor), "hue", delta)),
+            (tf_image.adjust_saturation_and_hue(image, factor, delta),
+             reference_adjust(reference_adjust(image, "hue", delta), "saturation", factor)),
+            (tf_image.adjust_contrast(image, factor), reference_adjust(image, "contrast", factor))):
+        assert (ours - reference).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+def test_distort_color_matches_the_op_by_op_reference_with_the_same_draws(channels):
+    from papers.tnet.preprocess import distort_color
+
+    for ordering in range(5):
+        for seed in range(3):
+            image = made_image(seed, channels)
+            torch.manual_seed(seed)
+            ours, next_ours = distort_color(image.clone(), ordering), torch.rand(())
+            torch.manual_seed(seed)
+            reference, next_reference = reference_distort_color(image, ordering), torch.rand(())
+            assert (ours - reference).abs().max() <= 1e-5, (ordering, seed)
+            assert next_ours == next_reference  # as many draws, in the same order
+
+
+def test_tnet_and_saccader_train_transforms_match_their_references_seed_for_seed():
+    from papers.saccader import preprocess as saccader
+    from papers.tnet import preprocess as tnet
+
+    def tnet_reference(image, size):
+        top, left, h, w = tf_image.sample_distorted_bounding_box(
+            *image.shape[-2:], (), min_object_covered=0.1, aspect_ratio_range=(0.5, 2.0),
+            area_range=(0.85, 1.0), max_attempts=50)
+        method = tnet.RESIZE_METHODS[int(torch.randint(len(tnet.RESIZE_METHODS), ()))]
+        out = reference_resize(image[:, top:top + h, left:left + w], (size, size), method)
+        out = out.flip(-1) if torch.rand(()) < 0.5 else out
+        ordering = int(torch.randint(5, ()))
+        return reference_distort_color(out, ordering) * 2 - 1, (method, ordering)
+
+    def saccader_reference(image, size):
+        top, left, h, w = tf_image.sample_distorted_bounding_box(
+            *image.shape[-2:], min_object_covered=0.1, aspect_ratio_range=(3 / 4, 4 / 3),
+            area_range=(0.08, 1.0), max_attempts=100)
+        out = reference_resize(image[:, top:top + h, left:left + w], (size, size), "legacy_bicubic")
+        mean, std = torch.tensor(saccader.MEAN_RGB).double(), torch.tensor(saccader.STDDEV_RGB).double()
+        out = (out - mean[:, None, None]) / std[:, None, None]
+        return (out.flip(-1) if torch.rand(()) < 0.5 else out), None
+
+    drawn = set()
+    for transform, reference in ((tnet.TrainTransform(24), tnet_reference),
+                                 (saccader.TrainTransform(24), saccader_reference)):
+        for seed in range(60):
+            image = made_image(seed)
+            torch.manual_seed(seed)
+            ours, next_ours = transform(image.clone()), torch.rand(())
+            torch.manual_seed(seed)
+            (expected, case), next_reference = reference(image, 24), torch.rand(())
+            assert (ours - expected).abs().max() <= 1e-5 and next_ours == next_reference, seed
+            drawn.add(case)
+    drawn.discard(None)
+    assert {m for m, _ in drawn} == set(tnet.RESIZE_METHODS) and {k for _, k in drawn} == set(range(5))
+
+
 # ---- TNet (input_imagenet.py) ----
 
 def test_tnet_colour_schedule_leaves_a_fifth_undistorted(monkeypatch):

@@ -41,9 +41,11 @@ def pil_to_tensor(image: Image.Image, channels: int) -> torch.Tensor:
     if image.mode in _SIXTEEN_BIT_MODES:
         grey = torch.from_numpy(np.asarray(image, dtype=np.float32) / 65535)[None]
         return grey.expand(channels, -1, -1).contiguous()
-    array = np.asarray(image.convert("RGB" if channels == 3 else "L"), dtype=np.uint8)
-    tensor = torch.from_numpy(array.copy()).float().div_(255)
-    return tensor.permute(2, 0, 1).contiguous() if channels == 3 else tensor[None]
+    mode = "RGB" if channels == 3 else "L"
+    array = np.asarray(image if image.mode == mode else image.convert(mode), dtype=np.uint8)
+    # Channels first while still uint8 (a quarter of the bytes to move), in a writable copy for torch.
+    planes = np.array(array.transpose(2, 0, 1) if channels == 3 else array[None], order="C")
+    return torch.from_numpy(planes).float().div_(255)
 
 
 def array_to_tensor(array: Any, channels: int, name: str) -> torch.Tensor:

@@ -22,7 +22,7 @@ def standardize(image: torch.Tensor) -> torch.Tensor:
     mean, std = torch.tensor(MEAN_RGB), torch.tensor(STDDEV_RGB)
     if image.shape[0] == 1:
         mean, std = mean.mean(0, keepdim=True), std.mean(0, keepdim=True)
-    return (image - mean[:, None, None]) / std[:, None, None]
+    return torch.sub(image, mean[:, None, None]).div_(std[:, None, None])
 
 
 def center_crop_box(height: int, width: int, size: int, crop_padding: int) -> tuple[int, int, int]:

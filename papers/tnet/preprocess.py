@@ -25,6 +25,8 @@ COLOR_ORDERS = (("brightness", "saturation", "hue", "contrast"),
                 ("saturation", "brightness", "contrast", "hue"),
                 ("contrast", "hue", "brightness", "saturation"),
                 ("hue", "saturation", "contrast", "brightness"))
+COLOR_RANGES = {"brightness": (-32 / 255, 32 / 255), "saturation": (0.5, 1.5), "hue": (-0.2, 0.2),
+                "contrast": (0.5, 1.5)}
 
 
 def _uniform(lo: float, hi: float) -> float:
@@ -37,14 +39,18 @@ def distort_color(image: torch.Tensor, ordering: int) -> torch.Tensor:
     brightness and contrast only (TF's HSV ops need RGB)."""
     if ordering == 4:
         return image
-    ops = {"brightness": lambda x: tf_image.adjust_brightness(x, _uniform(-32 / 255, 32 / 255)),
-           "saturation": lambda x: tf_image.adjust_saturation(x, _uniform(0.5, 1.5)),
-           "hue": lambda x: tf_image.adjust_hue(x, _uniform(-0.2, 0.2)),
-           "contrast": lambda x: tf_image.adjust_contrast(x, _uniform(0.5, 1.5))}
-    for name in COLOR_ORDERS[ordering]:
-        if image.shape[0] == 3 or name in ("brightness", "contrast"):
-            image = ops[name](image)
-    return image.clamp(0, 1)  # "The random_* ops do not necessarily clamp"
+    names = [name for name in COLOR_ORDERS[ordering]
+             if image.shape[0] == 3 or name in ("brightness", "contrast")]
+    drawn = {name: _uniform(*COLOR_RANGES[name]) for name in names}  # in order, as each op draws in its turn
+    steps = []  # saturation and hue next to each other (orderings 0 and 3) commute: one HSV round trip
+    for name in names:
+        if steps and {steps[-1], name} == {"saturation", "hue"}:
+            steps[-1] = "saturation_and_hue"
+        else:
+            steps.append(name)
+    for step in steps:
+        image = getattr(tf_image, f"adjust_{step}")(image, *(drawn[name] for name in step.split("_and_")))
+    return image.clamp_(0, 1)  # "The random_* ops do not necessarily clamp" (in place: the last op's output)
 
 
 class TrainTransform:
@@ -66,7 +72,7 @@ class TrainTransform:
         if torch.rand(()) < 0.5:  # tf.image.random_flip_left_right
             image = image.flip(-1)
         image = distort_color(image, int(torch.randint(5, ())))
-        return image * 2 - 1  # "Transform image values from range [0, 1], to [-1, 1]"
+        return image.mul_(2).sub_(1)  # "Transform image values from range [0, 1], to [-1, 1]" (in place)
 
 
 class EvalTransform:
