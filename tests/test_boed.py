@@ -485,3 +485,40 @@ def test_real_dataset_path_reads_a_local_imagefolder(tmp_path):
     assert set(data["train"].labels.flatten().tolist()) <= {0.0, 1.0}
     x = data["val"].images_float()
     assert x.min() >= -1 and x.max() <= 1 and x.min() < 0  # official normalisation to [-1, 1]
+
+
+@pytest.mark.unit
+def test_gradient_probe_leaves_training_alone_and_separates_the_objectives_only_by_the_sequences(tmp_path):
+    from papers.boed.splits import Indexed, load_data, members
+    from papers.boed.supervision import GradientProbe, Supervision, train_attention
+
+    cfg = get_config("smoke")
+    data = load_data(cfg, ("train", "val", "test"))
+    layout = members(cfg)
+    tasks = [k for _, k in layout]
+    n = len(data["train"].images)
+    sequences = torch.randint(cfg.lattice ** 2, (n, len(cfg.tasks), cfg.num_glimpses),
+                              generator=torch.Generator().manual_seed(0))
+
+    def supervision(designed: int) -> Supervision:
+        has = torch.zeros(n, len(cfg.tasks), dtype=torch.bool)
+        has[:designed] = True
+        return Supervision(tasks, cfg.num_glimpses, sequences=sequences, has_sequence=has,
+                           supervised=[c == "partial" for c, _ in layout])
+
+    runs = {}
+    for steps in ((), (3,)):
+        run_cfg = dataclasses.replace(cfg, grad_probe_steps=steps)
+        runs[steps] = train_attention(run_cfg, data, tmp_path / f"probe{len(steps)}", tasks,
+                                      supervision(n // 2))
+    (plain, curves, _, none), (probed, probed_curves, _, gradient) = runs[()], runs[(3,)]
+    assert none == {} and list(gradient) == [3] and set(gradient[3]) == {"partial", "unsupervised"}
+    assert probed_curves == curves  # probing consumed no training randomness and kept the BN statistics
+    for a, b in zip(plain.state_dict().values(), probed.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    # Shared parameters and batches: without a designed sequence the two objectives are one estimator.
+    same = GradientProbe(cfg, Indexed(data["train"]), tasks, supervision(0))(plain, 3)
+    assert same["gvar_partial"] == same["gvar_unsupervised"] > 0
+    differ = GradientProbe(cfg, Indexed(data["train"]), tasks, supervision(n))(plain, 3)
+    assert differ["gvar_partial"] != differ["gvar_unsupervised"]
+    assert differ["gvar_unsupervised"] == same["gvar_unsupervised"]

@@ -143,6 +143,12 @@ class BOEDConfig:
     """Glimpse sequences sampled per validation/test image, their accuracies averaged (official M = 5)."""
     convergence_eps: float = 0.01
     """Fig. 5: iterations before reaching within 0.01 of the best validation accuracy."""
+    grad_probe_steps: tuple[int, ...] = ()
+    """Updates at which §5's "variance" is also measured in its other reading, the variance of the gradient
+    estimates (ours; multiples of log_every): on every member's current weights and the same fresh batches,
+    eq. 3 with the designed sequences vs REINFORCE alone (`GradientProbe`)."""
+    grad_probes: int = 16
+    """Gradient estimates per objective at each of grad_probe_steps."""
     ema_decay: float = 0.0
     """Also validate an exponential moving average of each net's weights (this decay per update; 0: off) and
     compute the Fig. 5 statistics on its curves too, as `ema_*` (ours: a net's own accuracy moves by more
@@ -224,6 +230,11 @@ class BOEDConfig:
                 raise UserError(f"cnns entries must be ARCH:c:r (e.g. shufflenet:0.01:48), got {spec!r}")
         if self.sequences_per_task > self.design_size or self.design_size >= self.train_size:
             raise UserError("need sequences_per_task <= design_size < train_size")
+        if self.experiment == "supervision" and self.grad_probe_steps and (self.grad_probes < 2 or any(
+                s < 1 or s > self.max_steps or s % self.log_every for s in self.grad_probe_steps)):
+            raise UserError(f"grad_probe_steps must be multiples of log_every ({self.log_every}) in [1, "
+                            f"max_steps] and grad_probes >= 2, got {self.grad_probe_steps}, "
+                            f"{self.grad_probes}")
         if not 0 <= self.ema_decay < 1:
             raise UserError(f"ema_decay must lie in [0, 1), got {self.ema_decay}")
         if not 0 <= self.heuristic_fraction <= 1 or self.replicates < 1:
@@ -249,7 +260,8 @@ _CONFIGS = {
         glimpse_size=8, lattice=10, posterior_widths=(8, 16, 32), posterior_steps=1_500,
         posterior_lr=2e-3, num_samples=16, noise_var=(0.5, 1.0, 2.0, 4.0), sequences_per_task=64,
         conv_depth=(1, 8, 1, 16, 0, 16), fc_hidden=64, hidden=32, hflip=False, lr=3e-3, max_steps=1_500,
-        eval_every=100, ema_decay=0.98, replicates=5, accuracy_levels=(0.8, 0.85, 0.88), eval_repeats=2,
+        eval_every=100, ema_decay=0.98, grad_probe_steps=(100, 500, 1_500), replicates=5,
+        accuracy_levels=(0.8, 0.85, 0.88), eval_repeats=2,
         heatmap_images=1_000,
         heuristic_scale=10.0, stop_thresholds=(-1.0, 0.0, 0.01, 0.02, 0.05, 0.1, 0.2, 2.0),
         cnns=("shufflenet:0.01:24", "shufflenet:0.01:48", "shufflenet:0.05:48", "shufflenet:0.1:48",
@@ -263,7 +275,8 @@ _CONFIGS = {
         conv_depth=(1, 8, 1, 8, 0, 8), fc_hidden=16, hidden=16, location_hidden=8, hflip=False, lr=1e-3,
         batch_size=16, max_steps=6, eval_every=3, replicates=2, heatmap_images=32, heuristic_scale=10.0,
         stop_thresholds=(0.0, 2.0), cnns=("shufflenet:0.01:24", "mobilenet:0.01:16"), cnn_steps=4,
-        eval_samples=2, accuracy_levels=(0.6,), ema_decay=0.9, checkpoint_every=3, log_every=3,
+        eval_samples=2, accuracy_levels=(0.6,), ema_decay=0.9, grad_probe_steps=(3,), grad_probes=2,
+        checkpoint_every=3, log_every=3,
         num_workers=0),
 }
 

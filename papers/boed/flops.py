@@ -59,7 +59,7 @@ def run_flops(cfg: BOEDConfig, data: dict[str, Split], out: Path, state: Partial
     heuristic = heuristic_log_probs(epe0.T, cfg.heuristic_scale)  # (K, L)
     task = cfg.flops_task
     supervision = Supervision([task], cfg.num_glimpses, heuristic=heuristic, fraction=cfg.heuristic_fraction)
-    model, curves, _ = train_attention(cfg, data, out / "adaptive", [task], supervision, adaptive=True)
+    model, curves, _, _ = train_attention(cfg, data, out / "adaptive", [task], supervision, adaptive=True)
     test = data["test"]
     rolled = rollout_dataset(model, test.images_float(), test.labels[:, [task]].long(), seed=cfg.seed,
                              samples=cfg.eval_samples)

@@ -3,14 +3,15 @@ sequences side by side, and the Fig. 5 / Fig. 6 statistics."""
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
 import torch
 from accelerate import PartialState
 
-from core.metrics import correct
-from core.train import train
+from core.metrics import GradientVariance, correct
+from core.train import train, unwrap
 from papers.boed.config import BOEDConfig
 from papers.boed.curves import bootstrap_ratios, curve_stats, pooled_variance, ratios
 from papers.boed.design import (
@@ -61,13 +62,57 @@ def _task_index(cfg: BOEDConfig, tasks: list[int] | None) -> torch.Tensor:
     return torch.tensor(tasks if tasks is not None else [k for _, k in members(cfg)])
 
 
-def make_step_fn(cfg: BOEDConfig, tasks: list[int] | None = None, supervision: Supervision | None = None):
+class GradientProbe:
+    """§5's "variance" in its second reading, the variance of the gradient estimates (ours; the stored
+    headline reads it as the spread of the iteration counts over replicate nets). At one update, on the
+    current weights of every member (shared parameters), `grad_probes` estimates of eq. 3's gradient on the
+    same fresh training batches: with the designed sequences forced where a partial member has one (the
+    partially supervised objective) and with REINFORCE alone. Each is the trace of the estimates' covariance
+    over the squared norm of their mean. Runs under its own RNG and restores the BN statistics it touches,
+    so probing never changes training."""
+
+    def __init__(self, cfg: BOEDConfig, train_set: Indexed, tasks: list[int], supervision: Supervision):
+        partial = Supervision(supervision.tasks.tolist(), supervision.T, supervision.sequences,
+                              supervision.has_sequence)  # the designed sequences on every member
+        self.objectives = {"partial": make_step_fn(cfg, tasks, partial),
+                           "unsupervised": make_step_fn(cfg, tasks)}
+        self.cfg, self.train_set = cfg, train_set
+
+    def __call__(self, model, step: int) -> dict[str, float]:
+        cfg, device = self.cfg, next(model.parameters()).device
+        buffers = [b.clone() for b in model.buffers()]
+        params = [p for p in model.parameters() if p.requires_grad]
+        batches = torch.randint(len(self.train_set), (cfg.grad_probes, cfg.batch_size),
+                                generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+        stats = {}
+        for name, step_fn in self.objectives.items():
+            variance = GradientVariance()
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(cfg.seed * 1_000_003 + step)  # the same glimpse draws for both objectives
+                for index in batches:
+                    items = [self.train_set[int(i)] for i in index]
+                    batch = (torch.stack([x for x, _, _ in items]).to(device),
+                             torch.stack([y for _, y, _ in items]).to(device), index.to(device))
+                    loss, _ = step_fn(model, batch, step)
+                    variance.update(torch.autograd.grad(loss, params, allow_unused=True,
+                                                        materialize_grads=True))
+            stats[f"gvar_{name}"] = variance.total_variance() / variance.mean_squared_norm()
+        for b, saved in zip(model.buffers(), buffers, strict=True):
+            b.copy_(saved)
+        return stats
+
+
+def make_step_fn(cfg: BOEDConfig, tasks: list[int] | None = None, supervision: Supervision | None = None,
+                 probe: GradientProbe | None = None):
     """step_fn(model, batch, step) -> (loss, stats) for core.train of len(tasks) member networks (member e
     learns task tasks[e]; default: every member of the supervision experiment) on batches (images, labels
-    (B, all tasks), dataset indices); `supervision` forces the locations of some (example, member) pairs."""
+    (B, all tasks), dataset indices); `supervision` forces the locations of some (example, member) pairs;
+    `probe` runs at cfg.grad_probe_steps."""
     task_index = _task_index(cfg, tasks)
 
     def step_fn(model, batch, step):
+        # Before this step's forward: the probe restores BN statistics that the forward's graph holds.
+        probed = probe(unwrap(model), step) if probe is not None and step in cfg.grad_probe_steps else {}
         images, labels, index = batch
         y = labels[:, task_index.to(labels.device)].long()
         forced = force = None
@@ -82,7 +127,7 @@ def make_step_fn(cfg: BOEDConfig, tasks: list[int] | None = None, supervision: S
             force = torch.zeros_like(y, dtype=torch.bool)
         loss, stats = hard_attention_loss(model(images, forced, force), y, force, cfg.supervision_weight)
         stats["supervised_frac"] = force.float().mean().item()
-        return loss, stats
+        return loss, stats | probed
 
     return step_fn
 
@@ -107,10 +152,12 @@ def train_attention(cfg: BOEDConfig, data: dict[str, Split], out: Path, tasks: l
                     supervision: Supervision | None, adaptive: bool = False):
     """One core.train run of len(tasks) member networks (member e learns task tasks[e]); returns the model
     and the validation-accuracy curves {member: (steps, accuracies)} of its weights and (with ema_decay) of
-    their moving average (else None)."""
+    their moving average (else None), and the GradientProbe results {step: {objective: variance}}."""
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, members=len(tasks), adaptive=adaptive)
-    step_fn, eval_fn = make_step_fn(cfg, tasks, supervision), make_eval_fn(cfg, tasks)
+    probe = GradientProbe(cfg, Indexed(data["train"]), tasks, supervision) \
+        if cfg.grad_probe_steps and supervision is not None and supervision.sequences is not None else None
+    step_fn, eval_fn = make_step_fn(cfg, tasks, supervision, probe), make_eval_fn(cfg, tasks)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     ema_decay = 0.0 if adaptive else cfg.ema_decay
     train(loop_config(cfg, out, cfg.max_steps, cfg.batch_size, cfg.eval_every, ema_decay), model, optimizer,
@@ -124,7 +171,9 @@ def train_attention(cfg: BOEDConfig, data: dict[str, Split], out: Path, tasks: l
             curves[e] = ([p[0] for p in pts], [p[1] for p in pts])
         return curves
 
-    return model, read_curves("eval"), read_curves("eval_ema") if ema_decay else None
+    gradient = {r["step"]: {k[5:]: v for k, v in r.items() if k.startswith("gvar_")} for r in rows
+                if any(k.startswith("gvar_") for k in r)}
+    return model, read_curves("eval"), read_curves("eval_ema") if ema_decay else None, gradient
 
 
 
@@ -249,6 +298,13 @@ def run_supervision(cfg: BOEDConfig, data: dict[str, Split], out: Path, state: P
         table[:n] = sequences
         supervision = Supervision(tasks, cfg.num_glimpses, sequences=table, has_sequence=has,
                                   supervised=[c == "partial" for c, _ in layout])
-    model, curves, ema_curves = train_attention(cfg, data, out / "attention", tasks, supervision)
+    model, curves, ema_curves, gradient = train_attention(cfg, data, out / "attention", tasks, supervision)
     att, fig = summarize_attention(cfg, model, curves, ema_curves, data, layout)
+    for step, variances in gradient.items():
+        for name, value in variances.items():
+            att[f"gvar_{name}_s{step}"] = value
+    if gradient:  # geometric mean over the probed updates: the variances span decades
+        logs = [math.log(v["unsupervised"] / v["partial"]) for v in gradient.values()]
+        att["gvar_ratio"] = math.exp(sum(logs) / len(logs))
+    fig["gradient_variance"] = {str(k): v for k, v in gradient.items()}
     return m | att, figure | fig
