@@ -264,8 +264,12 @@ class RetinaSensor:
         self.factor = _int("scale_factor", scale_factor)
         # A centre inside the image leaves at most half the largest side (+1 for rounding) off each edge.
         self.margin = self.size * self.factor ** (self.num_scales - 1) // 2 + 1
-        padded = F.pad(images.to(torch.float64), (self.margin,) * 4)
-        self.table = F.pad(padded.cumsum(-1).cumsum(-2), (1, 0, 1, 0))  # table[r, c] = sum of padded[:r, :c]
+        # table[r, c] = sum of the zero-padded images[:r, :c]: the images written once into one float64
+        # buffer (margin + a leading zero row and column) and summed in place, with no padded copies.
+        m, (H, W) = self.margin, images.shape[-2:]
+        table = images.new_zeros(*images.shape[:-2], H + 2 * m + 1, W + 2 * m + 1, dtype=torch.float64)
+        table[..., m + 1:m + 1 + H, m + 1:m + 1 + W] = images
+        self.table = table.cumsum_(-1).cumsum_(-2)
 
     def __call__(self, loc: torch.Tensor, scale: torch.Tensor, index: torch.Tensor | None = None):
         B, C, H, W = self.images.shape

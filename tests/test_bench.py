@@ -21,7 +21,11 @@ def test_loop_references_match_vectorised_ops_exactly():
     for name, _, vectorised, loop, index, _ in bench.glimpse_cases(torch.device("cpu"), batch=4):
         out, ref = vectorised(), loop()
         assert out.shape == ref.shape, name
-        assert torch.equal(out, ref), name
+        if name == "retina_sensor_wsram":  # float64 summed-area table vs float32 pooling: rounding only
+            torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+            assert not torch.equal(out, torch.zeros_like(out)), name
+        else:
+            assert torch.equal(out, ref), name
         assert index.numel() == out.numel(), name
 
 
@@ -76,7 +80,8 @@ def test_quick_bench_writes_every_target(tmp_path):
     for row in result["targets"]:
         assert math.isfinite(row["measured"]) and row["measured"] > 0, row
         assert isinstance(row["met"], bool)
-    assert all(case["exact"] for case in result["glimpse"].values())
+    assert all(case["exact"] or name == "retina_sensor_wsram" for name, case in result["glimpse"].items())
+    assert all(case["equal_up_to_rounding"] for case in result["glimpse"].values())
     for entry in result["training"].values():
         assert entry["images_per_s"] > 0
     assert set(result["training"]) == {"tnet/smoke", "saccader/smoke/policy", "wsram/smoke", "boed/smoke"}
