@@ -29,6 +29,7 @@ from papers.wsram.captions.config import get_config
 from papers.wsram.captions.evaluate import bleu_scores, trivial_baselines
 from papers.wsram.captions.model import MultiScaleCNN, build_model
 from papers.wsram.captions.train import surrogate_loss
+from papers.wsram.train import SHARED_VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "reproductions" / "wsram-captions.toml"
@@ -312,6 +313,10 @@ def test_config_validation():
         parse_args(gc, ["--config", "cpu", "--set", "num_scales=9"])
     with pytest.raises(SystemExit):
         parse_args(gc, ["--config", "cpu", "--set", "beam_size=0"])
+    for every, use_q in ((200, "false"), (150, "true")):  # needs q and a multiple of log_every (100)
+        with pytest.raises(SystemExit):
+            parse_args(gc, ["--config", "cpu", "--set", "estimator=wsram", "--set", f"use_q={use_q}",
+                            "--set", f"shared_variance_every={every}"])
     cfg, _ = parse_args(gc, ["--config", "cpu", "--set", "q_word=next", "--seed", "2"])
     assert cfg.q_word == "next" and cfg.seed == 2 and cfg.variant == "WS-RAM"
 
@@ -336,6 +341,16 @@ def test_train_smoke_writes_metrics_and_figure(tmp_path):
         (logs / run / "seed0.jsonl").write_text((out / "metrics.jsonl").read_text())
     path = figures.main(["--logs", str(logs)])
     assert path.is_file() and path.name == "cpu-fig4.png"
+    # §5.1's shared-parameter variances on the captioner: measured, and training untouched by them.
+    probed = tmp_path / "probed"
+    subprocess.run([*cmd[:5], str(probed), *cmd[6:], "--set", "shared_variance_every=2", "--set",
+                    "grad_probes=2"], cwd=ROOT, check=True, capture_output=True,
+                   env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
+    with_probe = json.loads((probed / "final_metrics.json").read_text())
+    for variant in ("var", "var_c", "wsram", "wsram_c", "wsram_q", "wsram_qc"):
+        assert with_probe[f"gvar_policy_{variant}"] > 0 and with_probe[f"gvar_total_{variant}"] > 0
+    assert 1 <= with_probe["ess_shared_q"] <= 3 and 1 <= with_probe["ess_shared_prior"] <= 3
+    assert {k: v for k, v in with_probe.items() if k in final} == final
     bad = subprocess.run([sys.executable, "papers/wsram/captions/train.py", "--config", "smoke", "--set",
                           "nope=1"], cwd=ROOT, capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.startswith("error:") and len(bad.stderr.splitlines()) == 1
@@ -426,7 +441,8 @@ def test_torchvision_vgg16_weights_convert_to_the_encoder(tmp_path):
 @pytest.mark.unit
 def test_spec_claims_refer_to_runs_and_metrics():
     metrics = {"bleu1", "bleu2", "bleu3", "bleu4", "train_nll", "train_nll_auc", "test_nll", "unigram_nll",
-               "bleu4_constant", "bleu1_constant", "exact_match", "ess"}
+               "bleu4_constant", "bleu1_constant", "exact_match", "ess", "ess_shared_q", "ess_shared_prior"}
+    metrics |= {f"gvar_{part}_{variant}" for part in ("policy", "total") for variant in SHARED_VARIANTS}
     for scale in ("smoke", "cpu", "paper"):
         spec = load_spec(SPEC, scale)
         assert spec.paper == "wsram-captions" and spec.script.exists()

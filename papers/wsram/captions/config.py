@@ -93,6 +93,13 @@ class CaptionConfig:
     """Test images captioned for Table 2's BLEU (0: the whole test split: 1,000 Flickr8k images)."""
     beam_size: int = 1
     """Beam width of the captions for Table 2's BLEU (1: greedy; §5.2 does not say how it decoded; ours)."""
+    shared_variance_every: int = 0
+    """Every this many updates (a multiple of log_every; 0: off), §5.1's Fig. 2b measurement on the captioner
+    (ours; §5.2 makes no variance claim): the gradient variance of all six estimators at this run's
+    parameters on one fixed batch of training captions, and the ESS of untempered weights with the prior and
+    with q as proposal (papers/wsram/train.py: `SHARED_VARIANTS`); needs use_q, so that +q has its q."""
+    grad_probes: int = 16
+    """Gradient estimates with fresh attention samples per estimator and measured point."""
     checkpoint_every: int = 5_000
     """Updates between resumable checkpoints (0: only at the end)."""
     num_workers: int | None = None
@@ -111,6 +118,10 @@ class CaptionConfig:
                             f"got {self.num_scales}")
         if self.dataset == "digit-captions" and (self.train_size < 1 or self.test_size < 1):
             raise UserError("digit-captions needs train_size >= 1 and test_size >= 1")
+        every = self.shared_variance_every
+        if every and (not self.use_q or every % self.log_every or self.grad_probes < 2):
+            raise UserError(f"shared_variance_every={every} needs use_q=true, a multiple of log_every "
+                            f"({self.log_every}) and grad_probes >= 2")
         if self.beam_size < 1:
             raise UserError(f"beam_size must be >= 1 (1: greedy), got {self.beam_size}")
         # Checked here, so that a wrong path fails before a run directory is claimed or any data read.

@@ -16,6 +16,7 @@ and `unigram_nll`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -29,11 +30,15 @@ from core.estimators import (
     variational_bound_loss,
     wake_sleep_loss,
 )
+from core.metrics import GradientVariance
 from core.runs import is_main_process, load_weights, micro_batch
 from core.train import LoopConfig, train, unwrap
 from papers.wsram.captions.config import CaptionConfig, get_config
 from papers.wsram.captions.evaluate import caption_bleu, caption_nll, make_datasets, trivial_baselines
 from papers.wsram.captions.model import build_model
+from papers.wsram.train import SHARED_VARIANTS
+
+POLICY_MODULES = ("policy",)  # the attention over (scale, location): acts only through the glimpse choice
 
 
 def surrogate_loss(cfg: CaptionConfig, out: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -64,17 +69,52 @@ def make_step_fn(cfg: CaptionConfig, probe):
     return step_fn
 
 
+def shared_variance(cfg: CaptionConfig, model, images: torch.Tensor,
+                    captions: torch.Tensor) -> dict[str, float]:
+    """Every estimator's gradient, `grad_probes` times with fresh attention samples, on one fixed batch at
+    this run's current parameters: the trace of the covariance over the squared norm of the mean estimate,
+    for the attention policy and for the whole prediction network (q excluded); and the mean ESS of the
+    untempered weights with the prior (WS-RAM) or q (WS-RAM+q) proposing."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith("q_")]
+    params = [p for _, p in named]
+    policy = [i for i, (n, _) in enumerate(named) if n.split(".")[0] in POLICY_MODULES]
+    stats = {}
+    for variant, fields in SHARED_VARIANTS.items():
+        vcfg = dataclasses.replace(cfg, shared_variance_every=0, **fields)
+        total, attention, ess = GradientVariance(), GradientVariance(), 0.0
+        for _ in range(cfg.grad_probes):
+            out = model(images, captions, cfg.num_samples, "q" if vcfg.use_q else "prior")
+            grads = torch.autograd.grad(surrogate_loss(vcfg, out), params, allow_unused=True,
+                                        materialize_grads=True)
+            total.update(grads)
+            attention.update([grads[i] for i in policy])
+            log_w = (out["log_pa"] + out["log_py"] - out["log_proposal"]).detach()
+            ess += effective_sample_size(normalized_importance_weights(log_w)).mean().item()
+        stats[f"gvar_policy_{variant}"] = attention.total_variance() / attention.mean_squared_norm()
+        stats[f"gvar_total_{variant}"] = total.total_variance() / total.mean_squared_norm()
+        if variant in ("wsram", "wsram_q"):
+            stats[f"ess_shared_{'q' if vcfg.use_q else 'prior'}"] = ess / cfg.grad_probes
+    return stats
+
+
 def make_probe(cfg: CaptionConfig, dataset):
-    """Fig. 4's training NLL on fixed captions, under its own RNG (so logging never changes training)."""
+    """Fig. 4's training NLL on fixed captions and, every shared_variance_every updates, the shared-parameter
+    gradient variances (on the first batch of those captions), under their own RNG (so logging never
+    changes training)."""
     indices = list(range(min(cfg.probe_size, len(dataset))))
 
     def probe(model, step: int) -> dict[str, float]:
-        devices = [next(model.parameters()).device] if next(model.parameters()).is_cuda else []
-        with torch.random.fork_rng(devices=devices):
+        device = next(model.parameters()).device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(cfg.seed * 1_000_003 + step)
-            nll = caption_nll(model, dataset, indices, cfg.num_samples)
-        model.train()
-        return {"train_nll": nll}
+            stats = {"train_nll": caption_nll(model, dataset, indices, cfg.num_samples)}
+            model.train()
+            if cfg.shared_variance_every and (step % cfg.shared_variance_every == 0 or step == cfg.max_steps):
+                batch = [dataset[i] for i in indices[:cfg.batch_size]]
+                images = torch.stack([b[0] for b in batch]).to(device)
+                captions = torch.stack([b[1] for b in batch]).to(device)
+                stats.update(shared_variance(cfg, model, images, captions))
+        return stats
 
     return probe, indices
 
@@ -92,13 +132,19 @@ def summarize(metrics_path: Path, cfg: CaptionConfig) -> dict[str, float]:
     """The Fig. 4 curve at the last update and averaged over the run ("over the first updates")."""
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines()]
     curve = [r for r in rows if "train_nll" in r]
-    return {
+    final = {
         "train_nll": curve[-1]["train_nll"],
         "train_nll_auc": sum(r["train_nll"] for r in curve) / len(curve),
         "ess": sum(r["ess"] for r in curve) / len(curve),
         "steps": float(curve[-1]["step"]),
         "num_samples": float(cfg.num_samples),
     }
+    shared = [r for r in rows if "gvar_total_wsram_qc" in r]
+    for key in (k for k in (shared[-1] if shared else {}) if k.startswith("gvar_")):  # geometric mean
+        final[key] = math.exp(sum(math.log(r[key]) for r in shared) / len(shared))
+    for key in (k for k in (shared[-1] if shared else {}) if k.startswith("ess_shared_")):
+        final[key] = sum(r[key] for r in shared) / len(shared)
+    return final
 
 
 def run(cfg: CaptionConfig, output_dir: str) -> dict[str, float]:
