@@ -19,7 +19,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -110,6 +112,32 @@ def log_weights(out: dict[str, torch.Tensor]) -> torch.Tensor:
     return (out["log_pa"] + out["log_py"] - out["log_proposal"]).detach()
 
 
+def shared_estimator_stats(cfg, off: dict, params: list[torch.Tensor], policy: list[int],
+                           sample: Callable[[Any], dict[str, torch.Tensor]],
+                           loss: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor]) -> dict[str, float]:
+    """Fig. 2b at shared parameters for a WS-RAM model of either task: for every estimator of
+    SHARED_VARIANTS (cfg with those fields and `off`, which switches this measurement off in the copy),
+    `cfg.grad_probes` gradients of loss(variant cfg, sample(variant cfg)) with fresh attention samples at the
+    current parameters. Per variant, the trace of the covariance over the squared norm of the mean estimate,
+    for the parameters indexed by `policy` and for all `params`; and the mean ESS of the untempered weights
+    with the prior (WS-RAM) or q (WS-RAM+q) as the proposal."""
+    stats = {}
+    for variant, fields in SHARED_VARIANTS.items():
+        vcfg = dataclasses.replace(cfg, **off, **fields)
+        total, attention, ess = GradientVariance(), GradientVariance(), 0.0
+        for _ in range(cfg.grad_probes):
+            out = sample(vcfg)
+            grads = torch.autograd.grad(loss(vcfg, out), params, allow_unused=True, materialize_grads=True)
+            total.update(grads)
+            attention.update([grads[i] for i in policy])
+            ess += effective_sample_size(normalized_importance_weights(log_weights(out))).mean().item()
+        stats[f"gvar_policy_{variant}"] = attention.total_variance() / attention.mean_squared_norm()
+        stats[f"gvar_total_{variant}"] = total.total_variance() / total.mean_squared_norm()
+        if variant in ("wsram", "wsram_q"):
+            stats[f"ess_shared_{'q' if vcfg.use_q else 'prior'}"] = ess / cfg.grad_probes
+    return stats
+
+
 class Probes:
     """The Fig. 2 measurements that need extra forward passes, on fixed training images, at fixed parameters.
 
@@ -137,32 +165,14 @@ class Probes:
         return torch.cat(errors).mean().item(), -(p * p.clamp_min(1e-12).log()).sum().item()
 
     def shared_variance(self, model: WSRAM) -> dict[str, float]:
-        """Fig. 2b at shared parameters: every estimator's gradient, `grad_probes` times with fresh glimpse
-        samples, on one fixed batch at this run's current parameters. Per variant, the trace of the
-        covariance over the squared norm of the mean estimate, for the attention-policy parameters
-        (layer 2 and the action head) and for the whole prediction network; and the mean ESS of the
-        untempered weights with the prior (WS-RAM) or q (WS-RAM+q) as the proposal."""
+        """Fig. 2b at shared parameters (`shared_estimator_stats`) on one fixed batch at this run's current
+        parameters; "policy": layer 2 and the action head."""
         cfg, dev = self.cfg, next(model.parameters()).device
         x, y = self.images[:cfg.batch_size].to(dev), self.labels[:cfg.batch_size].to(dev)
         named = [(n, p) for n, p in model.named_parameters() if not n.startswith("inference.")]
-        params = [p for _, p in named]
         policy = [i for i, (n, _) in enumerate(named) if n.split(".")[0] in POLICY_MODULES]
-        stats = {}
-        for variant, fields in SHARED_VARIANTS.items():
-            vcfg = dataclasses.replace(cfg, shared_variance=False, **fields)
-            total, attention, ess = GradientVariance(), GradientVariance(), 0.0
-            for _ in range(cfg.grad_probes):
-                out = rollout(vcfg, model, x, y)
-                grads = torch.autograd.grad(surrogate_loss(vcfg, out), params, allow_unused=True,
-                                            materialize_grads=True)
-                total.update(grads)
-                attention.update([grads[i] for i in policy])
-                ess += effective_sample_size(normalized_importance_weights(log_weights(out))).mean().item()
-            stats[f"gvar_policy_{variant}"] = attention.total_variance() / attention.mean_squared_norm()
-            stats[f"gvar_total_{variant}"] = total.total_variance() / total.mean_squared_norm()
-            if variant in ("wsram", "wsram_q"):
-                stats[f"ess_shared_{'q' if vcfg.use_q else 'prior'}"] = ess / cfg.grad_probes
-        return stats
+        return shared_estimator_stats(cfg, {"shared_variance": False}, [p for _, p in named], policy,
+                                      lambda vcfg: rollout(vcfg, model, x, y), surrogate_loss)
 
     def __call__(self, model: WSRAM, step: int) -> dict[str, float]:
         devices = [self.images.device] if self.images.is_cuda else []

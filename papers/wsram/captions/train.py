@@ -16,7 +16,6 @@ and `unigram_nll`).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -30,13 +29,12 @@ from core.estimators import (
     variational_bound_loss,
     wake_sleep_loss,
 )
-from core.metrics import GradientVariance
 from core.runs import is_main_process, load_weights, micro_batch
 from core.train import LoopConfig, train, unwrap
 from papers.wsram.captions.config import CaptionConfig, get_config
 from papers.wsram.captions.evaluate import caption_bleu, caption_nll, make_datasets, trivial_baselines
 from papers.wsram.captions.model import build_model
-from papers.wsram.train import SHARED_VARIANTS
+from papers.wsram.train import shared_estimator_stats
 
 POLICY_MODULES = ("policy",)  # the attention over (scale, location): acts only through the glimpse choice
 
@@ -71,30 +69,13 @@ def make_step_fn(cfg: CaptionConfig, probe):
 
 def shared_variance(cfg: CaptionConfig, model, images: torch.Tensor,
                     captions: torch.Tensor) -> dict[str, float]:
-    """Every estimator's gradient, `grad_probes` times with fresh attention samples, on one fixed batch at
-    this run's current parameters: the trace of the covariance over the squared norm of the mean estimate,
-    for the attention policy and for the whole prediction network (q excluded); and the mean ESS of the
-    untempered weights with the prior (WS-RAM) or q (WS-RAM+q) proposing."""
+    """§5.1's Fig. 2b on the captioner (papers/wsram/train.py `shared_estimator_stats`), on one fixed batch
+    at this run's current parameters; q excluded, "policy": the attention over (scale, location)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad and not n.startswith("q_")]
-    params = [p for _, p in named]
     policy = [i for i, (n, _) in enumerate(named) if n.split(".")[0] in POLICY_MODULES]
-    stats = {}
-    for variant, fields in SHARED_VARIANTS.items():
-        vcfg = dataclasses.replace(cfg, shared_variance_every=0, **fields)
-        total, attention, ess = GradientVariance(), GradientVariance(), 0.0
-        for _ in range(cfg.grad_probes):
-            out = model(images, captions, cfg.num_samples, "q" if vcfg.use_q else "prior")
-            grads = torch.autograd.grad(surrogate_loss(vcfg, out), params, allow_unused=True,
-                                        materialize_grads=True)
-            total.update(grads)
-            attention.update([grads[i] for i in policy])
-            log_w = (out["log_pa"] + out["log_py"] - out["log_proposal"]).detach()
-            ess += effective_sample_size(normalized_importance_weights(log_w)).mean().item()
-        stats[f"gvar_policy_{variant}"] = attention.total_variance() / attention.mean_squared_norm()
-        stats[f"gvar_total_{variant}"] = total.total_variance() / total.mean_squared_norm()
-        if variant in ("wsram", "wsram_q"):
-            stats[f"ess_shared_{'q' if vcfg.use_q else 'prior'}"] = ess / cfg.grad_probes
-    return stats
+    return shared_estimator_stats(
+        cfg, {"shared_variance_every": 0}, [p for _, p in named], policy,
+        lambda vcfg: model(images, captions, cfg.num_samples, "q" if vcfg.use_q else "prior"), surrogate_loss)
 
 
 def make_probe(cfg: CaptionConfig, dataset):
