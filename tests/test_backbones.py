@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from core.backbones import build_backbone, list_backbones
-from core.backbones.bagnet import Conv2dSame, PointwiseConv, keras_init_, pad_same
+from core.backbones.bagnet import BatchNorm2d, Conv2dSame, PointwiseConv, keras_init_, pad_same
 from core.backbones.efficientnet import MBConv, se_multiplications
 from core.errors import UserError
 from core.metrics import count_multiplications, count_parameters
@@ -163,6 +163,22 @@ def test_pointwise_conv_is_a_strided_1x1_conv():
     x = torch.randn(2, 4, 15, 16)
     torch.testing.assert_close(conv(x), F.conv2d(x, conv.weight, conv.bias, stride=2))
     assert conv(x).shape == (2, 6, 8, 8)  # ceil(n / 2), as a strided conv
+
+
+@pytest.mark.parametrize("channels", [4, 32])  # 4: normalised in the contiguous format (speed), 32: as is
+def test_batch_norm_keeps_channels_last_and_matches_torch(channels):
+    torch.manual_seed(0)
+    x = torch.randn(8, channels, 20, 20).contiguous(memory_format=torch.channels_last).requires_grad_()
+    ours, ref = BatchNorm2d(channels, momentum=0.1), torch.nn.BatchNorm2d(channels, momentum=0.1)
+    for _ in range(2):  # two updates of the moving statistics
+        a, b = ours(x), ref(x)
+    assert a.is_contiguous(memory_format=torch.channels_last) and a.shape == x.shape
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(ours.running_var, ref.running_var)
+    w = torch.randn_like(x)  # not a.square().sum(): its gradient through a BN is 0 in exact arithmetic
+    (grad_a,), (grad_b,) = torch.autograd.grad((a * w).sum(), x), torch.autograd.grad((b * w).sum(), x)
+    torch.testing.assert_close(grad_a, grad_b)
+    assert ours.state_dict().keys() == ref.state_dict().keys()
 
 
 # ----------------------------------------------------------------------------- FLOPs (multiplications)

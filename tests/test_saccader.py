@@ -20,7 +20,13 @@ from papers.saccader.config import STAGES, Stage, get_config
 from papers.saccader.data import DigitPairs, build_datasets
 from papers.saccader.dram import DRAM, TFLSTMCell
 from papers.saccader.evaluate import evaluate_run, interpolate, occlude, occlusion_standard_errors, parts_seen
-from papers.saccader.model import Saccader, SaccaderCell, build_model, patch_classifier
+from papers.saccader.model import (
+    Saccader,
+    SaccaderCell,
+    build_model,
+    patch_classifier,
+    whole_image_classifier,
+)
 from papers.saccader.policies import POLICIES, select_locations
 from papers.saccader.train import (
     check_dram_pretraining,
@@ -408,6 +414,17 @@ def test_patch_classifier_uses_the_configured_bn_decay():
     cfg = dataclasses.replace(get_config("smoke"), resnet_bn_decay=0.9)
     bns = [m for m in patch_classifier(cfg).modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(m.momentum == pytest.approx(0.1) for m in bns)
+
+
+@pytest.mark.unit
+def test_occlusion_classifier_width_defaults_to_the_config_width():
+    def params(**kw):
+        return count_parameters(whole_image_classifier(dataclasses.replace(get_config("smoke"), **kw)))
+    assert params(occlusion_classifier_width=0.0) == params(occlusion_classifier_width=0.0625)  # smoke width
+    assert params(occlusion_classifier_width=0.125) > params()
+    assert get_config("cpu").occlusion_classifier_width == 0.125 and get_config("imagenet").width == 1.0
+    with pytest.raises(UserError, match="occlusion_classifier_width >= 0"):
+        dataclasses.replace(get_config("cpu"), occlusion_classifier_width=-1.0)
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core.backbones import register_backbone
-from core.backbones.bagnet import PointwiseConv, pad_same
+from core.backbones.bagnet import BatchNorm2d, PointwiseConv, pad_same
 from core.errors import UserError
 
 BLOCK_UNITS = (3, 4, 6, 3)
@@ -30,8 +30,8 @@ BASE_DEPTHS = (64, 128, 256, 512)
 BLOCK_STRIDES = (2, 2, 2, 1)
 
 
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=1e-5, momentum=1 - 0.997)
+def _bn(channels: int) -> BatchNorm2d:
+    return BatchNorm2d(channels, eps=1e-5, momentum=1 - 0.997)
 
 
 class PreActBottleneck(nn.Module):

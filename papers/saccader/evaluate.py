@@ -89,12 +89,12 @@ def interpolate(x: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
     return out
 
 
-def occlusion_at_equal_area(name: str, boxes: Tensor, random_boxes: Tensor, targets: Tensor, images: Tensor,
-                            counts: list[int], classifier: nn.Module, occlusion_value: float = 0.0
-                            ) -> dict[str, Tensor]:
+def occlusion_at_equal_area(name: str, boxes: Tensor, own: dict[int, Tensor], random_boxes: Tensor,
+                            targets: Tensor, images: Tensor, classifier: nn.Module,
+                            occlusion_value: float = 0.0) -> dict[str, Tensor]:
     """Fig. 5b's comparison at equal area occluded (Supp. 2: "accuracy vs. area covered/occluded"): the
     random comparator (boxes (B, K, 4), nested in k) interpolated per image at the area policy `name`'s
-    first k boxes occlude."""
+    first k boxes occlude. own: {k: the classifier's per-image accuracy with those k boxes occluded}."""
     def occluded(b: Tensor) -> Tensor:
         return correct(classifier(occlude(images, b, occlusion_value)), targets)
 
@@ -103,12 +103,11 @@ def occlusion_at_equal_area(name: str, boxes: Tensor, random_boxes: Tensor, targ
                                                            for k in range(1, K + 1)], 1).float()
     accuracies = torch.stack([occluded(random_boxes[:, :k]) for k in range(K + 1)], 1)
     out = {}
-    for k in counts:
-        own = occluded(boxes[:, :k])
+    for k, accuracy in own.items():
         random = interpolate(coverage(boxes[:, :k], images.shape[-2:]).float(), areas, accuracies)
         out[f"occluded_accuracy_random_at_area_{name}_T{k}"] = random
-        out[f"occlusion_gap_{name}_T{k}"] = random - own
-        out[f"occlusion_gap_sq_{name}_T{k}"] = (random - own).square()
+        out[f"occlusion_gap_{name}_T{k}"] = random - accuracy
+        out[f"occlusion_gap_sq_{name}_T{k}"] = (random - accuracy).square()
     return out
 
 
@@ -159,8 +158,9 @@ def make_eval_fn(cfg: SaccaderConfig, names: list[str], classifier: nn.Module | 
             if classifier is not None and (policy or alias) == "learned":
                 # random fields up to one more than the largest count, to bracket the learned policy's area
                 random_boxes, _ = saccader_glimpses(model, "random", images, max(counts) + 1, logits_map)
-                out |= occlusion_at_equal_area(alias, boxes, random_boxes, targets, images, counts,
-                                               classifier, occlusion_value)
+                own = {k: out[f"occluded_accuracy_{alias}_T{k}"] for k in counts}
+                out |= occlusion_at_equal_area(alias, boxes, own, random_boxes, targets, images, classifier,
+                                               occlusion_value)
         return out
 
     return eval_fn

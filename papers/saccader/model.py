@@ -234,8 +234,9 @@ def set_bn_decay(model: nn.Module, decay: float) -> nn.Module:
 
 
 def whole_image_classifier(cfg: SaccaderConfig) -> ResNetClassifier:
-    """The separately trained ResNet-v2-50 of the occlusion analysis (sec. 4.2), at the config's width."""
-    classifier = ResNetClassifier(num_classes=cfg.num_classes, width=cfg.width, in_channels=cfg.channels)
+    """The separately trained ResNet-v2-50 of the occlusion analysis (sec. 4.2)."""
+    width = cfg.occlusion_classifier_width or cfg.width
+    classifier = ResNetClassifier(num_classes=cfg.num_classes, width=width, in_channels=cfg.channels)
     return set_bn_decay(classifier, cfg.resnet_bn_decay)
 
 
