@@ -253,9 +253,9 @@ CONFIGS: dict[str, dict] = {
                                   representation=Stage(lr=0.9)),
     "imagenet-dram": dict(model="dram", stages=STAGES["dram"], l2_location=0.0),
     "cpu": dict(_CPU_TASK, variants=("saccader", "no_location_pretraining"), occlusion_classifier=True,
-                # 410-435 CPU-s per run with 1 thread in channels_last (BagNet-lowD at 160 px: ~0.40 CPU-s
-                # per update of eq. 4, ~0.45 of eq. 6). Eq. 4 keeps 400 updates: 300 left BagNet at 0.51 from
-                # all locations (400: 0.83).
+                # 447-459 CPU-s per run with 1 thread in channels_last (BagNet-lowD at 160 px: ~0.41 CPU-s
+                # per update of eq. 4, ~0.45 of eq. 6; the 1/8-width classifier ~100 of them). Eq. 4 keeps
+                # 400 updates: 300 left BagNet at 0.51 from all locations (400: 0.83).
                 # eq. 6 at the paper's 0.01 (batch 1024) collapses the location-pretrained Saccader at
                 # batch 32 (reward 0.28 -> 0.09 within 20 updates; 1e-3: test accuracy 0.36 -> 0.26);
                 # the linear scaling rule, 0.01 x 32 / 1024 ~ 3e-4, keeps it (0.37, seed 0).
