@@ -27,7 +27,7 @@ from papers.wsram.captions import encoder, figures
 from papers.wsram.captions import train as caption_train
 from papers.wsram.captions.config import get_config
 from papers.wsram.captions.evaluate import bleu_scores, trivial_baselines
-from papers.wsram.captions.model import MultiScaleCNN, build_model
+from papers.wsram.captions.model import MultiScaleCNN, SigmoidTanh, build_model
 from papers.wsram.captions.train import surrogate_loss
 from papers.wsram.train import SHARED_VARIANTS
 
@@ -157,6 +157,20 @@ def test_model_rollout_shapes_and_masking():
     a = model(images, captions, 3)["log_py"]
     torch.manual_seed(1)
     assert torch.allclose(a, model(images, longer, 3)["log_py"])
+
+
+@pytest.mark.unit
+def test_sigmoid_tanh_is_tanh_with_its_gradient():
+    x = torch.randn(4, 7, 9, dtype=torch.float64) * 4
+    x[0, 0, :3] = torch.tensor([0.0, 40.0, -40.0])  # saturation must not produce inf or nan
+    assert torch.allclose(SigmoidTanh.apply(x), torch.tanh(x), rtol=0, atol=1e-15)
+    assert torch.allclose(SigmoidTanh.apply(x.float()), torch.tanh(x.float()), rtol=0, atol=3e-7)
+    x.requires_grad_(True)
+    assert torch.autograd.gradcheck(SigmoidTanh.apply, (x,))
+    grad = torch.randn_like(x)
+    ours, = torch.autograd.grad(SigmoidTanh.apply(x), x, grad)
+    theirs, = torch.autograd.grad(torch.tanh(x), x, grad)
+    assert torch.allclose(ours, theirs, rtol=0, atol=1e-14)
 
 
 @pytest.mark.unit

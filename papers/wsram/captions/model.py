@@ -60,6 +60,29 @@ class MultiScaleCNN(nn.Module):
         return maps[-self.num_scales:]
 
 
+class SigmoidTanh(torch.autograd.Function):
+    """tanh(x) as 2 sigmoid(2x) - 1 (within 3e-7 of torch.tanh in float32), with tanh's own backward. torch
+    2.13's CPU tanh kernel takes ~7x sigmoid's time: on the cpu config's additive attention (5 x 32 x 189 x 32
+    elements) it was 2.7-3.4 ms a call and, with its backward, ~40% of a training update's CPU time; this form
+    takes about a third of that, and a 300-update WS-RAM+q+c run ~20% less CPU time."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        y = torch.sigmoid(x * 2).mul_(2).sub_(1)
+        ctx.save_for_backward(y)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (y,) = ctx.saved_tensors
+        return torch.ops.aten.tanh_backward(grad, y)
+
+
+def attention_tanh(x: torch.Tensor) -> torch.Tensor:
+    """tanh, through SigmoidTanh on CPU (GPU tanh kernels have no such cost)."""
+    return SigmoidTanh.apply(x) if x.is_cpu else torch.tanh(x)
+
+
 class Attention(nn.Module):
     """Factorised categorical over (layer, location): layer logits from the query, location logits by an
     additive score within each layer; returns joint log-probabilities over all locations of all layers."""
@@ -79,7 +102,7 @@ class Attention(nn.Module):
         """keys (B, N, hidden) for B images; query (M*B, query_dim), sample-major. Returns (M*B, N)."""
         m = query.shape[0] // keys.shape[0]
         q = self.query(query).view(m, keys.shape[0], 1, -1)
-        scores = self.score(torch.tanh(keys.unsqueeze(0) + q)).squeeze(-1).flatten(0, 1)  # (M*B, N)
+        scores = self.score(attention_tanh(keys.unsqueeze(0) + q)).squeeze(-1).flatten(0, 1)  # (M*B, N)
         layer_logp = F.log_softmax(self.layer(query), -1)
         return torch.cat([layer_logp[:, j:j + 1] + F.log_softmax(scores[:, s], -1)
                           for j, s in enumerate(slices)], -1)
