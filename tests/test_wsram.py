@@ -279,6 +279,8 @@ def test_figures_from_logs(smoke_run, tmp_path):
     paths = figures.main(["--logs", str(logs)])
     assert [p.name for p in paths] == ["smoke-fig2.png", "smoke-fig3.png"]
     assert all(p.stat().st_size > 10_000 for p in paths)
+    curves = figures.main(["--logs", str(logs), "--training-curves"])
+    assert [p.name for p in curves] == ["smoke-training-error.png"] and curves[0].stat().st_size > 10_000
 
 
 @pytest.mark.smoke

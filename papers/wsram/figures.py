@@ -1,10 +1,13 @@
 """Draw WS-RAM Figures 2 and 3 from stored training logs (no training).
 
     python papers/wsram/figures.py [--logs results/wsram/cpu-logs] [--out results/wsram]
+    python papers/wsram/figures.py --logs results/wsram-long/cpu-logs --training-curves
 
 Reads <logs>/<run>/seed<S>.jsonl (copied there by `core.reproduce --update`) and writes
   <out>/<scale>-fig2.png  training error, gradient variance and ESS vs updates for the six variants (Fig. 2);
-  <out>/<scale>-fig3.png  training error with and without the exploration heuristics of §4.5 (Fig. 3).
+  <out>/<scale>-fig3.png  training error with and without the exploration heuristics of §4.5 (Fig. 3);
+or, with --training-curves, only <out>/<scale>-training-error.png: the training error of every run under
+<logs> (reproductions/wsram-long.toml's runs, which have no Fig. 3 ablations).
 Curves are means over seeds with a +-1 standard deviation band (for the gradient variance, drawn on a log
 axis: the geometric mean and a band of +-1 standard deviation of log10).
 """
@@ -29,6 +32,8 @@ FIG3_RUNS = {"var_c": "VAR+c", "var_c_noexplore": "VAR+c, no heuristics",
 PANELS = [("train_error", "training error", "linear"),
           ("gvar_policy", "policy-gradient variance / |mean|^2\n(all at WS-RAM+q+c's parameters)", "log"),
           ("ess", "effective sample size (max M)", "linear")]
+RUN_LABELS = {**FIG2_RUNS, **FIG3_RUNS, "random_var": "random glimpses, VAR objective",
+              "random_wsram": "random glimpses, WS-RAM objective"}
 SHARED_RUN = "wsram_qc"  # the run that measures every estimator's variance at its parameters
 
 
@@ -88,17 +93,36 @@ def figure3(logs: Path, path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def training_curves(logs: Path, path: Path) -> Path:
+    """Training error vs updates of every run under `logs`, labelled as in Fig. 2."""
+    runs = sorted(d.name for d in logs.iterdir() if d.is_dir())
+    if not runs:
+        raise UserError(f"no run folders under {logs}")
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for run in runs:
+        _plot(ax, *load_curves(logs, run)["train_error"], RUN_LABELS.get(run, run))
+    ax.set(xlabel="thousands of updates", ylabel="training error",
+           title=f"WS-RAM training error, {logs.name.removesuffix('-logs')} scale")
+    ax.legend(fontsize=8)
+    return save_figure(fig, path)
+
+
 def main(argv: list[str] | None = None) -> list[Path]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--logs", type=Path, default=Path("results/wsram/cpu-logs"))
     parser.add_argument("--out", type=Path, default=None, help="default: the parent of --logs")
+    parser.add_argument("--training-curves", action="store_true",
+                        help="only the training-error curves of every run under --logs")
     args = parser.parse_args(argv)
     if not args.logs.is_dir():
         fail(f"log directory {args.logs} does not exist (run core.reproduce with --update first)")
     out = args.out or args.logs.parent
     out.mkdir(parents=True, exist_ok=True)
     scale = args.logs.name.removesuffix("-logs")
-    paths = [figure2(args.logs, out / f"{scale}-fig2.png"), figure3(args.logs, out / f"{scale}-fig3.png")]
+    if args.training_curves:
+        paths = [training_curves(args.logs, out / f"{scale}-training-error.png")]
+    else:
+        paths = [figure2(args.logs, out / f"{scale}-fig2.png"), figure3(args.logs, out / f"{scale}-fig3.png")]
     for p in paths:
         print(p)
     return paths
