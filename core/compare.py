@@ -267,6 +267,8 @@ MODEL_NAMES = {
                    "random_var": "random glimpses, VAR objective, 4.8k updates"},
     "wsram-captions": {"var": "VAR captioner", "var_c": "VAR+c captioner", "wsram_q": "WS-RAM+q captioner",
                        "wsram_qc": "WS-RAM+q+c captioner"},
+    "wsram-captions-long": {"var_c": "VAR+c captioner, 3k updates",
+                            "wsram_qc": "WS-RAM+q+c captioner, 3k updates"},
     "boed": {"supervision": "BOED net, partial supervision", "flops": "BOED net, adaptive stopping"},
 }
 

@@ -31,8 +31,8 @@ from core.cli import main_guard
 from core.errors import UserError
 from core.results import REPO_ROOT, load_result, provenance, save_result
 
-SPECS = ("tnet", "saccader", "saccader-ablations", "wsram", "wsram-long", "wsram-captions", "boed",
-         "same-footing")
+SPECS = ("tnet", "saccader", "saccader-ablations", "wsram", "wsram-long", "wsram-captions",
+         "wsram-captions-long", "boed", "same-footing")
 COMMANDS = [("install (first session: `nox -s lint`)", ["-s", "lint"]),
             ("a later session's start (`nox -s lint`)", ["-s", "lint"]),
             ("`nox -s tests`", ["-s", "tests"]),
