@@ -2,6 +2,7 @@
 policies, the three training stages."""
 
 import dataclasses
+import itertools
 import json
 import math
 
@@ -266,6 +267,26 @@ def test_dram_pretraining_averages_every_combination_of_views():
     assert logits.shape == (3, 7 * 2, 10)  # 2^3 - 1 view combinations x 2 random glimpses
     logits.mean(1).sum().backward()
     assert model.classifier.weight.grad.abs().sum() > 0 and model.emission.weight.grad is None
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_dram_pretraining_root_terms_equal_a_glimpse_network_call_per_combination(memory_format):
+    """pretraining_logits sums the root conv's per-view parts; each combination through glimpse_features
+    (its own call, so its own BN batch statistics in training mode) must give the same logits."""
+    torch.manual_seed(0)
+    model = DRAM(num_classes=10, width=0.0625, in_channels=1).to(memory_format=memory_format)
+    images = torch.rand(3, 1, 128, 128).contiguous(memory_format=memory_format)
+    torch.manual_seed(1)
+    logits = model.pretraining_logits(images, 90, 2)
+    torch.manual_seed(1)
+    combos = [c for c in itertools.product((True, False), repeat=3) if any(c)]
+    state, expected = model._zero_state(images, 3 * len(combos)), []
+    for _ in range(2):
+        views = model.fields_of_view(images, (torch.rand(3, 2) * 2 - 1) * (1 - 90 / 128), 90)
+        state = model.classification_rnn(torch.cat([model.glimpse_features(views, c) for c in combos]), state)
+        expected.append(model.classifier(state[1]).view(len(combos), 3, -1).transpose(0, 1))
+    # float32 sums in another order, through BN over 3 images: a wrong term would move logits by ~0.1
+    torch.testing.assert_close(logits, torch.cat(expected, 1), rtol=1e-3, atol=1e-4)
 
 
 def test_digit_pairs_task():

@@ -95,7 +95,10 @@ class ResNetV2_50(nn.Module):
     def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         if x.ndim != 4:
             raise UserError(f"resnet_v2_50 expects images (B, C, H, W), got shape {tuple(x.shape)}")
-        x = self.root(x)
+        return self.features_from_root(self.root(x))
+
+    def features_from_root(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """forward_features from the root conv's output on (DRAM sums that linear conv's per-view parts)."""
         # 3x3/2 max pool with TF "SAME" padding (bottom/right only at even sizes; -inf never wins).
         x = F.max_pool2d(pad_same(x, 3, 2, value=-math.inf), 3, 2)
         fmap = F.relu(self.postnorm(self.blocks(x)))

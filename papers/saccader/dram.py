@@ -110,6 +110,27 @@ class DRAM(nn.Module):
                  for v, use in zip(views, used, strict=True)]
         return self.glimpse_net(torch.cat(views, 1))
 
+    def _root_terms(self, views: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        """The glimpse network's root conv (linear, zero padding) split by view, without its bias: each
+        view's part as seen, and as replaced by its spatial mean (sum over channels c of mean_c x the conv
+        of a constant 1 with kernel c). Pretraining's 7 view combinations are sums of these, so its 7 root
+        convs per glimpse shrink to one per view and a small per-channel table."""
+        root, R = self.glimpse_net.root, len(views)
+        weight = root.weight  # (O, R * C, k, k)
+        O, RC = weight.shape[:2]
+        conv = dict(stride=root.stride, padding=root.padding)
+        # In the network's memory format (a grouped conv, or contiguous beside channels_last, is slower).
+        fmt = (torch.channels_last if weight.is_contiguous(memory_format=torch.channels_last)
+               else torch.contiguous_format)
+        seen = [F.conv2d(v.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt), **conv)
+                for v, w in zip(views, weight.chunk(R, 1), strict=True)]
+        ones = views[0].new_ones(1, RC, *views[0].shape[-2:])
+        per_channel = F.conv2d(ones, weight.transpose(0, 1).reshape(RC * O, 1, *weight.shape[2:]), groups=RC,
+                               **conv).view(R, RC // R, O, *seen[0].shape[-2:])  # (R, C, O, h, w)
+        replaced = [torch.einsum("bc,cohw->bohw", v.mean((2, 3)), k)
+                    for v, k in zip(views, per_channel, strict=True)]
+        return seen, replaced
+
     def step(self, images, loc, state, used: tuple[bool, ...]):
         g = self.glimpse_features(self.fields_of_view(images, loc), used)
         (c0, h0), (c1, h1) = state
@@ -159,11 +180,15 @@ class DRAM(nn.Module):
         combos = [c for c in itertools.product((True, False), repeat=self.resolutions) if any(c)]
         scale = 1 - glimpse / images.shape[-1]
         state = self._zero_state(images, B * len(combos))
+        bias = self.glimpse_net.root.bias[:, None, None]
         logits = []
         for _ in range(num_glimpses):
             loc = (torch.rand(B, 2, device=images.device) * 2 - 1) * scale
-            views = self.fields_of_view(images, loc, glimpse)
-            g = torch.cat([self.glimpse_features(views, used) for used in combos])  # (V * B, features)
+            seen, replaced = self._root_terms(self.fields_of_view(images, loc, glimpse))
+            # One glimpse-network call per combination, as glimpse_features: BN statistics per combination.
+            g = torch.cat([self.glimpse_net.features_from_root(
+                bias + sum(s if use else r for s, r, use in zip(seen, replaced, used, strict=True)))["pooled"]
+                for used in combos])  # (V * B, features)
             state = self.classification_rnn(g, state)
             logits.append(self.classifier(state[1]).view(len(combos), B, -1).transpose(0, 1))
         return torch.cat(logits, 1)
