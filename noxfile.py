@@ -22,7 +22,7 @@ ENV = ROOT / ".nox" / "shared"
 CONSTRAINTS = ROOT / "constraints.txt"
 SPECS = ("tnet", "saccader", "saccader-ablations", "wsram", "wsram-long", "wsram-captions",
          "wsram-captions-long", "boed", "same-footing")
-"""reproductions/<spec>.toml"""
+"""reproductions/<spec>.toml (reproductions/quickstart_times.py reads this list too)"""
 
 
 def _python(session: nox.Session) -> str:

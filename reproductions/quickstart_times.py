@@ -17,6 +17,7 @@ on a new machine.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import resource
 import subprocess
@@ -31,8 +32,16 @@ from core.cli import main_guard
 from core.errors import UserError
 from core.results import REPO_ROOT, load_result, provenance, save_result
 
-SPECS = ("tnet", "saccader", "saccader-ablations", "wsram", "wsram-long", "wsram-captions",
-         "wsram-captions-long", "boed", "same-footing")
+
+def _noxfile_specs() -> tuple[str, ...]:
+    """The specs of the noxfile's reproduce-<spec> sessions (its SPECS): one list, which cannot drift."""
+    loader = importlib.util.spec_from_file_location("noxfile", REPO_ROOT / "noxfile.py")
+    noxfile = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(noxfile)
+    return noxfile.SPECS
+
+
+SPECS = _noxfile_specs()
 COMMANDS = [("install (first session: `nox -s lint`)", ["-s", "lint"]),
             ("a later session's start (`nox -s lint`)", ["-s", "lint"]),
             ("`nox -s tests`", ["-s", "tests"]),
