@@ -1,6 +1,6 @@
 """Evaluate Saccader, its location policies and DRAM (sec. 4, Figs. 3-5).
 
-    python papers/saccader/evaluate.py --run-dir DIR [--images 8] [--occlusion-value 0]
+    python papers/saccader/evaluate.py --run-dir DIR [--images 8] [--occlusion-value V]
 
 DIR is a train.py output directory (config.json + one folder per stage with checkpoints/). The CLI
 reloads the trained networks, recomputes every metric of train.py's final evaluation on the test set
@@ -10,8 +10,8 @@ DIR/glimpses.pt (for figures.py's overlays, Fig. 4). The functions here are what
 Metrics (per example, averaged over the test set), for a policy P and k glimpses:
   accuracy_P_Tk            the prediction from the first k glimpses is right (Fig. 3a);
   coverage_P_Tk            fraction of the image inside the union of the k 77 px fields (Fig. 3b, 5a);
-  occluded_accuracy_P_Tk   a whole-image classifier is right on the image with those fields set to 0
-                           (sec. 4.2, Fig. 5b; --occlusion-value sets another value);
+  occluded_accuracy_P_Tk   a whole-image classifier is right on the image with those fields set to the
+                           config's occlusion_value (sec. 4.2, Fig. 5b; --occlusion-value overrides it);
   parts_seen_P_Tk          fraction of the two key digits lying whole inside some field (CPU task only).
 For a learned policy L with a whole-image classifier, Fig. 5b on its axis (accuracy vs area occluded):
   occluded_accuracy_random_at_area_L_Tk  per image, the classifier's accuracy with 1, 2, ... random
@@ -24,6 +24,7 @@ For a learned policy L with a whole-image classifier, Fig. 5b on its axis (accur
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -130,14 +131,14 @@ def dram_glimpses(model: nn.Module, images: Tensor, num_glimpses: int) -> tuple[
 
 
 def make_eval_fn(cfg: SaccaderConfig, names: list[str], classifier: nn.Module | None = None,
-                 whole_image: bool = False, occlusion_value: float = 0.0):
+                 whole_image: bool = False):
     """eval_fn(model, batch) -> per-example metrics, for core.train.train.
 
     names: the policies to evaluate; for a Saccader "learned" (its own cell) or any engineered policy of
     policies.py, renamed by LEARNED_NAME-style aliases "alias=policy"; for DRAM ["learned"].
     whole_image: also the representation network's accuracy from all locations (eq. 4's prediction).
-    occlusion_value: what the occlusion analysis sets the attended fields to (paper: 0)."""
-    counts = sorted(set(cfg.eval_glimpses))
+    The occlusion analysis sets the attended fields to cfg.occlusion_value."""
+    counts, occlusion_value = sorted(set(cfg.eval_glimpses)), cfg.occlusion_value
 
     def eval_fn(model, batch):
         images, targets = batch[0], batch[1]
@@ -193,9 +194,11 @@ def load_stage(model: nn.Module, stage_dir: Path) -> nn.Module:
     return model.eval()
 
 
-def evaluate_run(run_dir: str, num_images: int = 8, occlusion_value: float = 0.0) -> dict[str, float]:
+def evaluate_run(run_dir: str, num_images: int = 8, occlusion_value: float | None = None) -> dict[str, float]:
     run = Path(run_dir)
     cfg = load_config(run, SaccaderConfig)
+    if occlusion_value is not None:
+        cfg = dataclasses.replace(cfg, occlusion_value=occlusion_value)
     _, test_set = build_datasets(cfg)
     loader = torch.utils.data.DataLoader(test_set, batch_size=cfg.batch_size)
     classifier = None
@@ -204,17 +207,16 @@ def evaluate_run(run_dir: str, num_images: int = 8, occlusion_value: float = 0.0
     evaluations = []  # (model, eval_fn, policies for the overlays)
     if cfg.model == "dram":
         dram = load_stage(build_model(cfg), run / "policy")
-        evaluations.append((dram, make_eval_fn(cfg, [], classifier, occlusion_value=occlusion_value), []))
+        evaluations.append((dram, make_eval_fn(cfg, [], classifier), []))
     else:
         representation = load_stage(build_model(cfg), run / "representation")
-        evaluations.append((representation, make_eval_fn(cfg, list(cfg.eval_policies), classifier, True,
-                                                         occlusion_value), list(cfg.eval_policies)))
+        evaluations.append((representation, make_eval_fn(cfg, list(cfg.eval_policies), classifier, True),
+                            list(cfg.eval_policies)))
         for variant in cfg.variants:
             model = build_model(cfg, attention_network=variant != "no_attention_network")
             name = LEARNED_NAME[variant]
             evaluations.append((load_stage(model, run / variant / "policy"),
-                                make_eval_fn(cfg, [f"{name}=learned"], classifier,
-                                             occlusion_value=occlusion_value), [name]))
+                                make_eval_fn(cfg, [f"{name}=learned"], classifier), [name]))
     metrics, sums, n = {}, {}, 0
     glimpses = {"images": None, "boxes": {}}
     with torch.no_grad():
@@ -235,7 +237,7 @@ def evaluate_run(run_dir: str, num_images: int = 8, occlusion_value: float = 0.0
                 glimpses["boxes"][name] = boxes
     metrics = occlusion_standard_errors({k: v / n for k, v in sums.items()}, n)
     if classifier is not None:
-        metrics["occlusion_value"] = occlusion_value
+        metrics["occlusion_value"] = cfg.occlusion_value
     save_result(run / "evaluation.json", metrics)
     torch.save(glimpses, run / "glimpses.pt")
     return metrics
@@ -245,9 +247,10 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--images", type=int, default=8, help="test canvases stored with their glimpses")
-    parser.add_argument("--occlusion-value", type=float, default=0.0, metavar="V",
-                        help="value of the occluded pixels in the classifier's [-1, 1] input (paper: 0, mid "
-                             "grey on ImageNet; -1 is the CPU canvases' background)")
+    parser.add_argument("--occlusion-value", type=float, default=None, metavar="V",
+                        help="value of the occluded pixels in the classifier's [-1, 1] input (default: the "
+                             "run's occlusion_value; paper 0, mid grey on ImageNet; -1 the CPU canvases' "
+                             "background)")
     args = parser.parse_args(argv)
     return main_guard(evaluate_run, args.run_dir, args.images, args.occlusion_value)
 
