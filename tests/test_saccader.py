@@ -20,7 +20,14 @@ from papers.saccader import figures
 from papers.saccader.config import STAGES, Stage, get_config
 from papers.saccader.data import DigitPairs, build_datasets
 from papers.saccader.dram import DRAM, TFLSTMCell
-from papers.saccader.evaluate import evaluate_run, interpolate, occlude, occlusion_standard_errors, parts_seen
+from papers.saccader.evaluate import (
+    evaluate_run,
+    interpolate,
+    make_eval_fn,
+    occlude,
+    occlusion_standard_errors,
+    parts_seen,
+)
 from papers.saccader.model import (
     Saccader,
     SaccaderCell,
@@ -330,6 +337,24 @@ def test_occlusion_and_parts_seen():
     assert occlude(images, boxes, -1.0)[0].sum() == 100 - 2 * 6  # the CPU canvases' background
     parts = torch.tensor([[[0, 0, 2, 2], [6, 6, 8, 8]], [[6, 6, 8, 8], [0, 0, 2, 2]]], dtype=torch.float)
     assert parts_seen(boxes, parts).tolist() == [0.5, 0.5]
+
+
+def test_occlusion_fills_with_the_configured_value():
+    cfg = get_config("smoke")
+    model = build_model(cfg).eval()
+    images = torch.full((2, cfg.channels, cfg.image_size, cfg.image_size), -1.0)
+    targets = torch.ones(2, dtype=torch.long)
+
+    class SeesTheFill(torch.nn.Module):  # class 1 exactly when some pixel holds the value 0.5
+        def forward(self, x):
+            hit = (x == 0.5).flatten(1).any(1).float()
+            return torch.stack([1 - hit, hit], 1)
+
+    for value, expected in ((0.5, 1.0), (-1.0, 0.0)):
+        eval_fn = make_eval_fn(dataclasses.replace(cfg, occlusion_value=value), ["learned"], SeesTheFill())
+        with torch.no_grad():
+            out = eval_fn(model, (images, targets))
+        assert out["occluded_accuracy_learned_T1"].tolist() == [expected, expected]
 
 
 def test_figures_from_a_stored_result(tmp_path):
