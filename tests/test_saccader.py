@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from core.cli import check_learning_rates, override
 from core.errors import UserError
@@ -274,6 +275,23 @@ def test_dram_pretraining_averages_every_combination_of_views():
     assert logits.shape == (3, 7 * 2, 10)  # 2^3 - 1 view combinations x 2 random glimpses
     logits.mean(1).sum().backward()
     assert model.classifier.weight.grad.abs().sum() > 0 and model.emission.weight.grad is None
+
+
+@pytest.mark.parametrize("loss", ["mean_logits", "per_combination"])
+def test_dram_pretraining_loss_forms(loss):
+    """App. C: one cross-entropy of the averaged logits (default), or Sermanet et al.'s one per
+    combination of views and step."""
+    cfg = dataclasses.replace(get_config("smoke-dram"), dram_pretraining_loss=loss)
+    model = build_model(cfg).eval()  # eval: BN in running statistics, so both calls see the same net
+    images, targets = torch.rand(3, cfg.channels, cfg.image_size, cfg.image_size), torch.tensor([0, 1, 2])
+    torch.manual_seed(0)
+    got, _ = make_step_fn(cfg, "pretrain_narrow")(model, (images, targets), 0)
+    torch.manual_seed(0)
+    every = model(images, cfg.dram_pretrain_glimpses, pretrain_glimpse=cfg.dram_glimpse)["logits"]
+    each = torch.stack([F.cross_entropy(every[:, j], targets) for j in range(every.shape[1])])
+    expected = each.mean() if loss == "per_combination" else F.cross_entropy(every.mean(1), targets)
+    torch.testing.assert_close(got, expected)
+    assert not torch.allclose(each.mean(), F.cross_entropy(every.mean(1), targets))  # the forms differ
 
 
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])

@@ -169,6 +169,10 @@ class SaccaderConfig:
     """DRAM's two pretraining stages each with their own warm-up + cosine schedule (App. C: 120 epochs
     each), or "one" schedule over both (the narrow stage continues the wide stage's decay instead of
     restarting it): the CPU scale's stages are too short to restart."""
+    dram_pretraining_loss: Literal["mean_logits", "per_combination"] = "mean_logits"
+    """App. C: one cross-entropy of the logits averaged over every combination of views and step, "instead
+    of having multiple cross entropy losses for each combination of views" (Sermanet et al.'s Fig. 4);
+    "per_combination" is that alternative, the mean of one cross-entropy per combination and step."""
     dram_min_pretrain_accuracy: float = 2.0
     """DRAM's policy stage refuses to start from a classifier whose last pretraining test accuracy is below
     this multiple of chance (1 / num_classes): its rewards would carry no location signal (0: no check)."""

@@ -97,9 +97,13 @@ def make_step_fn(cfg: SaccaderConfig, stage: str, saccader=None):
     def dram_pretrain(glimpse):  # App. C: random policy, every combination of views, one cross-entropy
         def step_fn(model, batch, step):
             images, targets = batch[0], batch[1]
-            logits = model(images, cfg.dram_pretrain_glimpses, pretrain_glimpse=glimpse)["logits"].mean(1)
-            return F.cross_entropy(logits, targets), {
-                "train_accuracy": correct(logits, targets).mean().item()}
+            every = model(images, cfg.dram_pretrain_glimpses, pretrain_glimpse=glimpse)["logits"]  # B, V*T, K
+            logits = every.mean(1)
+            if cfg.dram_pretraining_loss == "per_combination":
+                loss = F.cross_entropy(every.flatten(0, 1), targets.repeat_interleave(every.shape[1]))
+            else:
+                loss = F.cross_entropy(logits, targets)
+            return loss, {"train_accuracy": correct(logits, targets).mean().item()}
         return step_fn
 
     def dram_policy(model, batch, step):
