@@ -13,6 +13,7 @@ import dataclasses
 import json
 import os
 import sys
+import time
 import types
 import typing
 from collections.abc import Callable
@@ -27,13 +28,17 @@ from core.results import save_result
 from core.runs import begin_run, check_resumable, is_main_process, micro_batch
 
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}
+_SILENT_RANK_EXIT_DELAY_S = 3.0
 
 
 def fail(message: str) -> NoReturn:
     """Print `error: <message>` on stderr and exit with status 2. Under a multi-process launch only rank 0
-    prints: every rank checks the same input, so the others would repeat the line."""
+    prints: every rank checks the same input, so the others would repeat the line. They exit a moment
+    later: the launcher kills every rank when the first one exits, and rank 0 could die before printing."""
     if is_main_process():
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    else:
+        time.sleep(_SILENT_RANK_EXIT_DELAY_S)
     raise SystemExit(2)
 
 
