@@ -6,7 +6,8 @@ Reads the paper-reported numbers (`results/papers/<paper>.json`) and our measure
 (`results/<paper>/<scale>.json`, written by `core.reproduce --update`) and writes, into `--out`:
   paper_vs_ours.{md,csv}  every paper-reported value that names its counterpart of ours, with the
                           difference and PASS/FAIL against the declared tolerance;
-  claims.{md,csv}         each paper's claims at each scale: holds / does not hold, with the numbers;
+  claims.{md,csv}         each paper's claims at each scale: holds, does not hold, or does not hold
+                          (flagged run) when it rests on a run its spec's health rules flag;
   models.{md,csv}         one row per model on the common axes (accuracy, multiplications, glimpses,
                           fraction of the image seen), paper-scale rows and CPU-scale rows labelled;
   accuracy_vs_mults.png   those rows, one panel per scale (the scales are never mixed in one panel);
@@ -105,7 +106,8 @@ def claim_rows(ours: dict) -> list[dict]:
                     "lhs": f"{c['lhs']} = {_fmt(c.get('lhs_value'))}",
                     "rhs": f"{c['rhs']} = {_fmt(c.get('rhs_value'))}",
                     "op": c["op"],
-                    "holds": "holds" if c.get("holds") else "does not hold",
+                    "holds": "holds" if c.get("holds")
+                    else "does not hold (flagged run)" if c.get("flags") else "does not hold",
                 }
             )
     return rows

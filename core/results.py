@@ -65,8 +65,9 @@ def _git(*args: str) -> str | None:
 
 
 def portable_command(argv: list[str]) -> str:
-    """The command as a reader can rerun it from a checkout: the interpreter as `python` and paths inside
-    the repository relative to it, so that no machine's absolute paths enter the stored results."""
+    """The command as a reader can rerun it from a checkout: the interpreter as `python`, paths inside
+    the repository relative to it and other absolute paths (scratch directories, a machine's data) as
+    `.../<name>`, so that no machine's absolute paths enter the stored results."""
     words = []
     for i, word in enumerate(argv):
         path = Path(word)
@@ -74,6 +75,8 @@ def portable_command(argv: list[str]) -> str:
             word = "python"
         elif path.is_absolute() and path.resolve().is_relative_to(REPO_ROOT):
             word = path.resolve().relative_to(REPO_ROOT).as_posix()
+        elif path.is_absolute():
+            word = f".../{path.name}"
         words.append(word)
     return shlex.join(words)
 

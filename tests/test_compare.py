@@ -7,6 +7,7 @@ import pytest
 from core.compare import (
     README_END,
     README_START,
+    claim_rows,
     load_store,
     main,
     model_rows,
@@ -77,6 +78,14 @@ def test_a_count_by_the_papers_convention_gets_its_own_row():
     rows = paper_vs_ours(reported, ours)
     assert [(r["quantity"], r["ours"], r["status"]) for r in rows] == [
         ("mults", 90.0, "FAIL"), ("mults (by the paper's convention)", 100.4, "PASS")]
+
+
+@pytest.mark.unit
+def test_a_claim_on_a_flagged_run_says_so():
+    claim = {"id": "c", "lhs": "a/acc", "op": ">", "rhs": "b/acc", "lhs_value": 0.5, "rhs_value": 0.1}
+    ours = {"p/cpu": {"claims": [{**claim, "holds": False, "flags": ["b seed 1: acc 0.1, needs >= 0.2"]},
+                                 {**claim, "holds": False}, {**claim, "holds": True}]}}
+    assert [r["holds"] for r in claim_rows(ours)] == ["does not hold (flagged run)", "does not hold", "holds"]
 
 
 def test_tables_follow_stored_results(tmp_path):

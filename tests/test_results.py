@@ -61,8 +61,9 @@ def test_provenance_records_code_command_packages_and_machine():
 
 @pytest.mark.unit
 def test_provenance_command_names_no_machine_path():
-    command = [sys.executable, str(REPO_ROOT / "core" / "reproduce.py"), "reproductions/tnet.toml", "/data/x"]
-    assert portable_command(command) == "python core/reproduce.py reproductions/tnet.toml /data/x"
+    command = [sys.executable, str(REPO_ROOT / "core" / "reproduce.py"), "reproductions/tnet.toml",
+               "--workdir", "/scratch/runs/tnet"]
+    assert portable_command(command) == "python core/reproduce.py reproductions/tnet.toml --workdir .../tnet"
 
 
 @pytest.mark.unit
