@@ -250,11 +250,12 @@ class RetinaSensor:
     """`retina` at one chosen scale per glimpse, for many glimpses on one batch of images.
 
     RetinaSensor(images, size, num_scales, scale_factor) builds a float64 summed-area table of the
-    zero-padded images once; sensor(loc, scale, index) returns (N, C, size, size), glimpse n being scale
-    scale[n] of retina(images[index[n]], loc[n], size, num_scales, scale_factor). Every pooled pixel is a
-    difference of four table entries, so N glimpses at any mix of scales cost four gathers, with no copy
-    of an image per glimpse (WS-RAM's M samples read each image M times per step). Locations are clamped
-    to [-1, 1], the centres the table is padded for; differentiable in images, not in loc.
+    images once; sensor(loc, scale, index) returns (N, C, size, size), glimpse n being scale scale[n] of
+    retina(images[index[n]], loc[n], size, num_scales, scale_factor). Every pooled pixel is a difference
+    of four table entries at its block's corners, so N glimpses at any mix of scales cost one gather of
+    their (size + 1)^2 corners each, with no copy of an image per glimpse (WS-RAM's M samples read each
+    image M times per step). Pixels off the image read as zeros, wherever loc lies; differentiable
+    in images, not in loc.
     """
 
     def __init__(self, images: torch.Tensor, size: int, num_scales: int, scale_factor: int = 2):
@@ -262,13 +263,12 @@ class RetinaSensor:
         self.size = _int("size", size)
         self.num_scales = _int("num_scales", num_scales)
         self.factor = _int("scale_factor", scale_factor)
-        # A centre inside the image leaves at most half the largest side (+1 for rounding) off each edge.
-        self.margin = self.size * self.factor ** (self.num_scales - 1) // 2 + 1
-        # table[r, c] = sum of the zero-padded images[:r, :c]: the images written once into one float64
-        # buffer (margin + a leading zero row and column) and summed in place, with no padded copies.
-        m, (H, W) = self.margin, images.shape[-2:]
-        table = images.new_zeros(*images.shape[:-2], H + 2 * m + 1, W + 2 * m + 1, dtype=torch.float64)
-        table[..., m + 1:m + 1 + H, m + 1:m + 1 + W] = images
+        # table[..., r, c] = sum of images[..., :r, :c], in float64. The zero-padded images' table at any
+        # (r, c) is this one at (r, c) clamped to [0, H] x [0, W] (zeros add nothing, exactly), so glimpses
+        # overhanging the image need no padded copy.
+        H, W = images.shape[-2:]
+        table = images.new_zeros(*images.shape[:-2], H + 1, W + 1, dtype=torch.float64)
+        table[..., 1:, 1:] = images
         self.table = table.cumsum_(-1).cumsum_(-2)
 
     def __call__(self, loc: torch.Tensor, scale: torch.Tensor, index: torch.Tensor | None = None):
@@ -278,23 +278,21 @@ class RetinaSensor:
             raise UserError(f"loc must be (N, 2) and scale (N,), got {tuple(loc.shape)} and "
                             f"{tuple(scale.shape)}")
         device = self.table.device
-        loc, scale = loc.to(device).clamp(-1, 1), scale.to(device)
+        loc, scale = loc.to(device), scale.to(device)
         index = torch.arange(N, device=device) if index is None else index.to(device)
-        top_left = torch.zeros(N, 2, dtype=torch.long, device=device)
-        for s in range(self.num_scales):  # each scale rounds its own centre, as retina does
-            chosen = scale == s
-            top_left = torch.where(chosen[:, None], glimpse_top_left(loc, self.size * self.factor**s, (H, W)),
-                                   top_left)
         block = self.factor ** scale  # (N,) pixels per pooled pixel along each axis
-        steps = torch.arange(self.size, device=device) * block[:, None]  # (N, size)
-        # Block corners: rows[0] / cols[0] are the block ends, rows[1] / cols[1] their starts (N, size).
-        r0, c0 = top_left[:, :1] + self.margin + steps, top_left[:, 1:] + self.margin + steps
-        rows = torch.stack([r0 + block[:, None], r0])[:, None, :, None, :, None]  # (2, 1, N, 1, size, 1)
-        cols = torch.stack([c0 + block[:, None], c0])[None, :, :, None, None, :]  # (1, 2, N, 1, 1, size)
-        height, width = self.table.shape[-2:]
-        base = ((index[:, None] * C + torch.arange(C, device=device)) * height * width)[:, :, None, None]
-        v = self.table.take(base + rows * width + cols)  # (2, 2, N, C, size, size), one gather
-        sums = v[0, 0] - v[1, 0] - v[0, 1] + v[1, 1]
+        # Each glimpse's top-left pixel at its own scale, by `glimpse_top_left`'s float64 arithmetic.
+        half = (block * self.size).double()[:, None] / 2 - 0.5
+        yx = loc.detach().double().flip(-1)  # (row, col) order
+        top_left = torch.floor((yx + 1) * torch.tensor([H / 2, W / 2], device=device) - half).long()
+        # The (size + 1)^2 block corners of a glimpse are shared by its neighbouring pooled pixels: one
+        # gather of them, then each pooled pixel is a difference of four.
+        edges = torch.arange(self.size + 1, device=device) * block[:, None]  # (N, size + 1)
+        rows = (top_left[:, :1] + edges).clamp_(0, H) * (W + 1)
+        cols = (top_left[:, 1:] + edges).clamp_(0, W)
+        base = (index[:, None] * C + torch.arange(C, device=device)) * ((H + 1) * (W + 1))  # (N, C)
+        v = self.table.take(base[:, :, None, None] + rows[:, None, :, None] + cols[:, None, None, :])
+        sums = v[..., 1:, 1:] - v[..., :-1, 1:] - v[..., 1:, :-1] + v[..., :-1, :-1]  # (N, C, size, size)
         return (sums / block.square()[:, None, None, None]).to(self.images.dtype)
 
 

@@ -208,13 +208,15 @@ def test_retina_sensor_matches_retina_at_the_chosen_scale(C, H, W, size, k, f):
     torch.testing.assert_close(out, full[torch.arange(N), scale], **TOL)
 
 
-def test_retina_sensor_clamps_locations_and_carries_gradients():
+def test_retina_sensor_reads_zeros_off_the_image_and_carries_gradients():
     images = rand_images(2, 1, 16, 16).requires_grad_()
     sensor = RetinaSensor(images, 4, 2)
-    far = torch.tensor([[5.0, 5.0], [-9.0, 0.0]])
-    scale = torch.tensor([1, 0])
-    torch.testing.assert_close(sensor(far, scale), sensor(far.clamp(-1, 1), scale), **TOL)
-    sensor(torch.zeros(2, 2), scale).sum().backward()
+    far = torch.tensor([[5.0, 5.0], [-9.0, 0.0], [1.3, -1.2]])
+    scale, index = torch.tensor([1, 0, 1]), torch.tensor([0, 1, 1])
+    out = sensor(far, scale, index)
+    assert out[:2].abs().sum() == 0  # wholly off the image
+    torch.testing.assert_close(out[2], naive_retina(images[1:].detach(), far[2:], 4, 2, 2)[0, 1], **TOL)
+    sensor(torch.zeros(2, 2), scale[:2]).sum().backward()
     assert images.grad[0].sum().item() == pytest.approx(16.0)  # 16 pooled pixels, each a mean of 4
 
 
