@@ -64,20 +64,36 @@ def _git(*args: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def portable_path(value: str) -> str:
+    """An absolute path inside the repository as relative to it, any other absolute path (a scratch
+    directory, a machine's data) as `.../<name>`; a `KEY=PATH` or `--opt=PATH` word gets the same for its
+    value; anything else is returned as it is."""
+    key, sep, rest = value.rpartition("=") if "=" in value and not value.startswith("/") else ("", "", value)
+    path = Path(rest)
+    if not path.is_absolute():
+        return value
+    if path.resolve().is_relative_to(REPO_ROOT):
+        return key + sep + path.resolve().relative_to(REPO_ROOT).as_posix()
+    return f"{key}{sep}.../{path.name}"
+
+
+def portable_config(config):
+    """A (nested) config with every string value through `portable_path`."""
+    if isinstance(config, dict):
+        return {key: portable_config(value) for key, value in config.items()}
+    if isinstance(config, (list, tuple)):
+        return [portable_config(value) for value in config]
+    return portable_path(config) if isinstance(config, str) else config
+
+
 def portable_command(argv: list[str]) -> str:
-    """The command as a reader can rerun it from a checkout: the interpreter as `python`, paths inside
-    the repository relative to it and other absolute paths (scratch directories, a machine's data) as
-    `.../<name>`, so that no machine's absolute paths enter the stored results."""
+    """The command as a reader can rerun it from a checkout: the interpreter as `python` and every path
+    through `portable_path`, so that no machine's absolute paths enter the stored results."""
     words = []
     for i, word in enumerate(argv):
-        path = Path(word)
-        if i == 0 and (word == sys.executable or path.name.startswith("python")):
+        if i == 0 and (word == sys.executable or Path(word).name.startswith("python")):
             word = "python"
-        elif path.is_absolute() and path.resolve().is_relative_to(REPO_ROOT):
-            word = path.resolve().relative_to(REPO_ROOT).as_posix()
-        elif path.is_absolute():
-            word = f".../{path.name}"
-        words.append(word)
+        words.append(portable_path(word))
     return shlex.join(words)
 
 
@@ -99,7 +115,7 @@ def provenance(configs: dict | None = None, seeds: list[int] | None = None,
         "git_commit": commit,
         "git_dirty": bool(_git("status", "--porcelain")) if commit else None,
         "command": portable_command(command if command is not None else [sys.executable, *sys.argv]),
-        "configs": configs or {},
+        "configs": portable_config(configs or {}),
         "seeds": list(seeds or []),
         "packages": versions,
         "machine": {"platform": platform.platform(), "arch": platform.machine(),

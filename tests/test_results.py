@@ -64,6 +64,15 @@ def test_provenance_command_names_no_machine_path():
     command = [sys.executable, str(REPO_ROOT / "core" / "reproduce.py"), "reproductions/tnet.toml",
                "--workdir", "/scratch/runs/tnet"]
     assert portable_command(command) == "python core/reproduce.py reproductions/tnet.toml --workdir .../tnet"
+    # a path inside a KEY=VALUE or --opt=VALUE word, and in a stored config
+    command = ["python", "papers/tnet/train.py", "--set", "dataset=/data/imagenet", "--output-dir=/scratch/x",
+               f"--set=encoder_weights={REPO_ROOT / 'shared' / 'vgg.safetensors'}", "--set", "lr=3e-4"]
+    assert portable_command(command) == ("python papers/tnet/train.py --set dataset=.../imagenet "
+                                         "--output-dir=.../x --set=encoder_weights=shared/vgg.safetensors "
+                                         "--set lr=3e-4")
+    config = {"run": {"resolved": {"dataset": "/data/imagenet", "name": "cpu", "tasks": ["odd@0", "/d/x"]}}}
+    assert provenance(configs=config)["configs"] == {
+        "run": {"resolved": {"dataset": ".../imagenet", "name": "cpu", "tasks": ["odd@0", ".../x"]}}}
 
 
 @pytest.mark.unit
