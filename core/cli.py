@@ -210,6 +210,15 @@ def check_batch_sizes(cfg) -> None:
             micro_batch(value)
 
 
+def check_launcher() -> None:
+    """Refuse, before setup, a launch the training loop does not support: FSDP shards the parameters, while
+    evaluation, the moving averages and the gradient probes run the paper's own module outside the wrapper.
+    (On CPU accelerate would silently run DDP instead.)"""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true", "yes"):
+        raise UserError("FSDP (accelerate launch --use_fsdp) is not supported: evaluation and the probes run "
+                        "the paper's module outside the FSDP wrapper; launch DDP (--multi_gpu) instead")
+
+
 def check_output_dir(path: str | Path) -> None:
     """The output directory is a folder this process can write (or can create), checked before setup."""
     path = Path(path)
@@ -249,6 +258,7 @@ def run_paper(get_config: Callable[[str], object], run: Callable[[object, str], 
     cfg, args = parse_args(get_config, argv, description)
 
     def go() -> dict[str, float]:
+        check_launcher()
         check_batch_sizes(cfg)
         begin_run(cfg, args.output_dir)
         torch.manual_seed(args.seed)

@@ -136,6 +136,18 @@ def test_a_batch_the_processes_cannot_share_is_refused_before_setup(name, tmp_pa
         "error: batch_size 5 is not a positive multiple of the 2 processes"]
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_an_fsdp_launch_is_refused_before_setup(name, tmp_path, monkeypatch, capsys):
+    """`accelerate launch --use_fsdp` sets ACCELERATE_USE_FSDP: one line, exit 2, nothing written."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as refused:
+        PAPERS[name].main(["--config", "smoke", "--output-dir", str(out)])
+    assert refused.value.code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: FSDP (accelerate launch --use_fsdp) is not supported")
+
+
 def test_load_weights_from_a_file_or_a_runs_latest_finished_checkpoint(tmp_path):
     from safetensors.torch import save_file
     from torch import nn

@@ -326,6 +326,31 @@ def test_two_processes_end_with_identical_parameters(two_process_run):
 
 
 @pytest.mark.smoke
+def test_two_machines_train_as_two_processes_on_one_do(two_process_run, tmp_path):
+    """Multi-node DDP as README "Beyond one machine" runs it: two launchers (`--num_machines 2`, one process
+    each, here both on localhost, sharing the output folder as nodes share a file system) train exactly as
+    one launcher's two processes do."""
+    port = str(_free_port())
+    env = {**ENV, "ACCELERATE_USE_CPU": "true", "CUDA_VISIBLE_DEVICES": ""}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "2", "--machine_rank", str(rank), "--main_process_ip", "127.0.0.1",
+         "--main_process_port", port, "--mixed_precision", "no", "--dynamo_backend", "no", str(TOY),
+         "--config", "tiny", "--output-dir", str(tmp_path), "--set", "steps=20"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for rank in (0, 1)]
+    for proc in procs:
+        out, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, out[-3000:]
+    for rank in (0, 1):
+        a = load_file(str(tmp_path / f"params_rank{rank}.safetensors"))
+        b = load_file(str(two_process_run / f"params_rank{rank}.safetensors"))
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    for name in ("metrics.jsonl", "final_metrics.json"):
+        assert (tmp_path / name).read_text() == (two_process_run / name).read_text()
+    assert json.loads((tmp_path / "run.json").read_text())["num_processes"] == 2
+
+
+@pytest.mark.smoke
 def test_eval_with_uneven_last_batch_counts_each_example_once(two_process_run, tmp_path):
     # Evaluate the same final checkpoint with one process: resuming a finished run only re-evaluates.
     import shutil
