@@ -281,10 +281,10 @@ class RetinaSensor:
         loc, scale = loc.to(device), scale.to(device)
         index = torch.arange(N, device=device) if index is None else index.to(device)
         block = self.factor ** scale  # (N,) pixels per pooled pixel along each axis
-        # Each glimpse's top-left pixel at its own scale, by `glimpse_top_left`'s float64 arithmetic.
-        half = (block * self.size).double()[:, None] / 2 - 0.5
-        yx = loc.detach().double().flip(-1)  # (row, col) order
-        top_left = torch.floor((yx + 1) * torch.tensor([H / 2, W / 2], device=device) - half).long()
+        top_left = torch.zeros(N, 2, dtype=torch.long, device=device)
+        for s in range(self.num_scales):  # each scale rounds its own centre, as retina does
+            side = self.size * self.factor**s
+            top_left = torch.where((scale == s)[:, None], glimpse_top_left(loc, side, (H, W)), top_left)
         # The (size + 1)^2 block corners of a glimpse are shared by its neighbouring pooled pixels: one
         # gather of them, then each pooled pixel is a difference of four.
         edges = torch.arange(self.size + 1, device=device) * block[:, None]  # (N, size + 1)
