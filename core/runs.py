@@ -136,6 +136,24 @@ def load_config(run_dir: str | Path, cls):
     return config_from_dict(cls, data)
 
 
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .safetensors file, or of a PyTorch state dict (.pth / .pt, read with weights_only:
+    plain tensors only, no code runs); one line if it is neither."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"no file at {path}")
+    try:
+        if path.suffix == ".safetensors":
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every reader's failure means the same: not a readable state dict
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path} is not a readable state dict ({first})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a state dict (a mapping of names to tensors)")
+    return state
+
+
 def load_weights(model: torch.nn.Module, source: str | Path, strict: bool = True) -> int:
     """Load into `model` a .safetensors file, or the latest finished checkpoint under <source>/checkpoints
     (a run's or a stage's folder); returns the checkpoint's step (0 for a file). strict: every key must fit,

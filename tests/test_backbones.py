@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from core.backbones import build_backbone, list_backbones
 from core.backbones.bagnet import BatchNorm2d, Conv2dSame, PointwiseConv, keras_init_, pad_same
+from core.backbones.densenet import DenseNet121, densenet121_from_imagenet
 from core.backbones.efficientnet import MBConv, se_multiplications
 from core.errors import UserError
 from core.metrics import count_multiplications, count_parameters
@@ -40,6 +41,7 @@ def shapes(features):
     ("bagnet77_lowd", {"num_classes": 1001}, 20_628_393, 20_574_249),  # Saccader Table Supp.1
     ("resnet_v2_50", {"num_classes": 1001}, 25_615_849, None),  # Saccader Table Supp.1
     ("efficientnet_b0", {"num_classes": 62}, 4_128_986, 4_086_970),  # TNet Table 2: 4.13M
+    ("densenet121", {"num_classes": 1000}, 8_062_504, 7_978_856),  # torchvision's densenet121: 7,978,856
 ])
 def test_paper_parameter_counts(name, kwargs, total, trainable):
     model = meta(name, **kwargs)
@@ -312,3 +314,37 @@ def test_bad_arguments_raise_user_error(name, kwargs):
 def test_too_small_input_raises_user_error(name, size):
     with pytest.raises(UserError, match="at least"):
         meta(name)(meta_image(size))
+
+
+# ------------------------------------------------------------------------ DenseNet-121, BOED's official g
+
+def test_densenet121_has_torchvisions_names_and_shapes():
+    model = meta("densenet121", num_classes=1000)
+    state = model.state_dict()
+    assert tuple(state["features.denseblock4.denselayer16.conv2.weight"].shape) == (32, 128, 3, 3)
+    assert tuple(state["features.transition3.conv.weight"].shape) == (512, 1024, 1, 1)
+    assert tuple(state["classifier.weight"].shape) == (1000, 1024)
+    assert sum(k.startswith("features.denseblock") and k.endswith("conv1.weight") for k in state) == 58
+    assert tuple(model(meta_image(224)).shape) == (1, 1000)
+
+
+def test_densenet121_from_imagenet_keeps_the_features_and_starts_extra_channels_at_zero():
+    """BOED's official g: ImageNet weights, a 4th (mask) input channel with zero weights, a new 40-way head.
+    Legacy (pre-0.4) key names and missing BN step counters load too; a DenseNet of other sizes does not."""
+    torch.manual_seed(0)
+    source = DenseNet121().eval()
+    state = source.state_dict()
+    legacy = {k.replace(".norm1.", ".norm.1.").replace(".conv2.", ".conv.2."): v for k, v in state.items()
+              if not k.endswith("num_batches_tracked")}
+    for weights in (state, legacy):
+        g = densenet121_from_imagenet(weights, 40, in_channels=4).eval()
+        assert count_parameters(g, include_bn_stats=False) == 6_997_992  # the official g
+        assert g.features.conv0.weight[:, 3].abs().sum() == 0
+        image = torch.rand(2, 3, 64, 64)
+        with torch.no_grad():
+            masked = torch.cat([image, torch.rand(2, 1, 64, 64)], 1)
+            assert torch.equal(g.features(masked), source.features(image))
+    with pytest.raises(UserError, match="no features.norm5"):
+        densenet121_from_imagenet({k: v for k, v in state.items() if "norm5" not in k}, 40, 4)
+    with pytest.raises(UserError, match="size mismatch for features.norm5.weight"):
+        densenet121_from_imagenet(state | {"features.norm5.weight": torch.ones(5)}, 40, 4)

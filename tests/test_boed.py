@@ -13,6 +13,7 @@ import pytest
 import torch
 from torch import nn
 
+from core.backbones.densenet import DenseNet121
 from core.errors import UserError
 from core.glimpse import lattice_top_left, observation_mask
 from core.metrics import count_multiplications, count_parameters
@@ -42,6 +43,7 @@ from papers.boed.design import (
     sample_images,
     write_sequence,
 )
+from papers.boed.design_phase import build_posterior
 from papers.boed.evaluate import adaptive_sweep, location_counts, stop_times
 from papers.boed.lowpower import LowPowerCNN, scaled
 from papers.boed.model import HardAttentionNet, hard_attention_loss
@@ -413,6 +415,29 @@ def test_configs_cite_the_paper_setting():
     assert cpu.dataset == "slot-digits" and cpu.num_glimpses == 5 and cpu.replicates >= 2
     with pytest.raises(KeyError):
         get_config("nope")
+
+
+def test_paper_posterior_is_the_official_densenet121_from_local_imagenet_weights(tmp_path):
+    """celeba-hq's g is DenseNet-121 on image + mask with one output per attribute (6,997,992 parameters, as
+    the official get_densenet builds it); posterior_weights starts it from a local torchvision state dict."""
+    paper = get_config("celeba-hq")
+    with torch.device("meta"):
+        g = build_posterior(paper)
+    assert isinstance(g, DenseNet121) and count_parameters(g, include_bn_stats=False) == 6_997_992
+    assert g.features.conv0.in_channels == 4 and g.classifier.out_features == 40
+    imagenet = DenseNet121()
+    torch.save(imagenet.state_dict(), tmp_path / "densenet121.pth")
+    g = build_posterior(dataclasses.replace(paper, posterior_weights=str(tmp_path / "densenet121.pth")))
+    assert torch.equal(g.features.conv0.weight[:, :3], imagenet.features.conv0.weight)
+    assert torch.equal(g.features.norm5.running_var, imagenet.features.norm5.running_var)
+    assert isinstance(build_posterior(get_config("cpu")), PosteriorCNN)
+    with pytest.raises(UserError, match="posterior_weights: no file at"):
+        dataclasses.replace(paper, posterior_weights=str(tmp_path / "missing.pth"))
+    with pytest.raises(UserError, match="need posterior_net=densenet121"):
+        dataclasses.replace(get_config("cpu"), posterior_weights=str(tmp_path / "densenet121.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="junk.pth is not a readable state dict"):
+        build_posterior(dataclasses.replace(paper, posterior_weights=str(tmp_path / "junk.pth")))
 
 
 @pytest.mark.smoke  # runs the CLI in a subprocess: seconds

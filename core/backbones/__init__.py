@@ -38,4 +38,4 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
 
 
 # Importing the modules registers their backbones.
-from core.backbones import bagnet, efficientnet, resnet_v2  # noqa: E402,F401
+from core.backbones import bagnet, densenet, efficientnet, resnet_v2  # noqa: E402,F401

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from core.errors import UserError
@@ -85,9 +86,14 @@ class BOEDConfig:
     50^2 = 2,500)."""
 
     # ---- Posterior CNN g (§3, Fig. 4) ----
+    posterior_net: Literal["densenet121", "cnn"] = "densenet121"
+    """g's architecture: "densenet121" (official: torchvision's DenseNet-121, its first conv widened to the
+    mask channel, one sigmoid output per attribute) or "cnn" (ours: the plain CNN of posterior_widths)."""
+    posterior_weights: str = ""
+    """densenet121 only: a local file (.pth or .safetensors) of torchvision's ImageNet DenseNet-121 state
+    dict, which the official g starts from (nothing is downloaded); empty: g trains from scratch."""
     posterior_widths: tuple[int, ...] = (32, 64, 128, 256, 256)
-    """Channels of its stride-2 conv stages (ours: a plain CNN; the official code used a torchvision
-    DenseNet)."""
+    """posterior_net=cnn: channels of its stride-2 conv stages."""
     posterior_steps: int = 100_000
     """Updates of g on uniformly random glimpse sets (§3; official: Adam 1e-4, batch 64, up to 2,000
     epochs)."""
@@ -241,6 +247,11 @@ class BOEDConfig:
             raise UserError("heuristic_fraction must lie in [0, 1] and replicates be >= 1")
         if self.eval_every < 1 or self.max_steps < 1 or self.eval_samples < 1:
             raise UserError("eval_every, max_steps and eval_samples must be >= 1")
+        if self.posterior_weights and self.posterior_net != "densenet121":
+            raise UserError("posterior_weights are DenseNet-121 weights: they need posterior_net=densenet121")
+        # Checked here, so that a wrong path fails before a run directory is claimed or any data read.
+        if self.posterior_weights and not Path(self.posterior_weights).is_file():
+            raise UserError(f"posterior_weights: no file at {self.posterior_weights}")
 
 
 _CONFIGS = {
@@ -257,7 +268,7 @@ _CONFIGS = {
     "cpu": BOEDConfig(
         name="cpu", dataset="slot-digits", tasks=("odd@0", "ge5@4", "odd@5", "ge5@7"), image_size=48,
         channels=1, train_size=3_000, design_size=200, val_size=2_000, test_size=1_000, database_size=3_000,
-        glimpse_size=8, lattice=10, posterior_widths=(8, 16, 32), posterior_steps=1_500,
+        glimpse_size=8, lattice=10, posterior_net="cnn", posterior_widths=(8, 16, 32), posterior_steps=1_500,
         posterior_lr=2e-3, num_samples=16, noise_var=(0.5, 1.0, 2.0, 4.0), sequences_per_task=64,
         conv_depth=(1, 8, 1, 16, 0, 16), fc_hidden=64, hidden=32, hflip=False, lr=3e-3, max_steps=1_500,
         eval_every=100, ema_decay=0.98, grad_probe_steps=(100, 500, 1_500), replicates=5,
@@ -270,7 +281,8 @@ _CONFIGS = {
     "smoke": BOEDConfig(
         name="smoke", dataset="slot-digits", tasks=("odd@0", "ge5@4"), image_size=48, channels=1,
         train_size=256, design_size=8, val_size=64, test_size=64, database_size=128, num_glimpses=3,
-        glimpse_size=8, lattice=5, posterior_widths=(8, 8), posterior_steps=4, posterior_lr=1e-3,
+        glimpse_size=8, lattice=5, posterior_net="cnn", posterior_widths=(8, 8), posterior_steps=4,
+        posterior_lr=1e-3,
         posterior_batch_size=16, num_samples=8, noise_var=(2.0, 4.0), sequences_per_task=4,
         conv_depth=(1, 8, 1, 8, 0, 8), fc_hidden=16, hidden=16, location_hidden=8, hflip=False, lr=1e-3,
         batch_size=16, max_steps=6, eval_every=3, replicates=2, heatmap_images=32, heuristic_scale=10.0,

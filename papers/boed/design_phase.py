@@ -9,9 +9,13 @@ import torch
 import torch.nn.functional as F
 from accelerate import PartialState
 from accelerate.utils import gather_object
+from torch import nn
 from tqdm.auto import tqdm
 
+from core.backbones import build_backbone
+from core.backbones.densenet import densenet121_from_imagenet
 from core.glimpse import lattice_top_left, observation_mask
+from core.runs import read_state_dict
 from core.train import train
 from papers.boed import preprocess
 from papers.boed.config import BOEDConfig
@@ -30,12 +34,23 @@ from papers.boed.design import (
 from papers.boed.splits import Indexed, Split, loop_config, posterior_range
 
 
-def train_posterior(cfg: BOEDConfig, data: dict[str, Split], out: Path) -> PosteriorCNN:
+def build_posterior(cfg: BOEDConfig) -> nn.Module:
+    """g for cfg: the official DenseNet-121 (from ImageNet weights with posterior_weights, its first conv
+    widened by a zero-initialised mask channel) or our plain CNN; one logit per task either way."""
+    in_channels, tasks = cfg.channels + 1, len(cfg.tasks)
+    if cfg.posterior_net == "cnn":
+        return PosteriorCNN(in_channels, tasks, cfg.image_size, cfg.posterior_widths)
+    if cfg.posterior_weights:
+        return densenet121_from_imagenet(read_state_dict(cfg.posterior_weights), tasks, in_channels)
+    return build_backbone("densenet121", num_classes=tasks, in_channels=in_channels)
+
+
+def train_posterior(cfg: BOEDConfig, data: dict[str, Split], out: Path) -> nn.Module:
     """§3: g minimises E[KL(p || g)] = Bernoulli NLL of every task's label, under uniformly random glimpse
     sets (t ~ U{1..T} glimpses at uniform lattice locations), on training images outside the design set."""
     lattice = lattice_top_left(cfg.image_size, cfg.glimpse_size, cfg.lattice)
     size, T = cfg.glimpse_size, cfg.num_glimpses
-    g = PosteriorCNN(cfg.channels + 1, len(cfg.tasks), cfg.image_size, cfg.posterior_widths)
+    g = build_posterior(cfg)
 
     def embed(images):
         top_left = random_glimpses(len(images), T, lattice, size).to(images.device)
@@ -66,7 +81,7 @@ def train_posterior(cfg: BOEDConfig, data: dict[str, Split], out: Path) -> Poste
 
 
 @torch.no_grad()
-def first_step_epe(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], device) -> torch.Tensor:
+def first_step_epe(cfg: BOEDConfig, g: nn.Module, data: dict[str, Split], device) -> torch.Tensor:
     """EPE_{0,0}(l) for every candidate and task, (L, K): nothing observed, so r_img is the database prior
     (N uniform draws) and the map is the same for every image."""
     lattice = lattice_top_left(cfg.image_size, cfg.glimpse_size, cfg.lattice)
@@ -83,7 +98,7 @@ def first_step_epe(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], dev
 
 
 @torch.no_grad()
-def design_all(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], epe0: torch.Tensor, out: Path,
+def design_all(cfg: BOEDConfig, g: nn.Module, data: dict[str, Split], epe0: torch.Tensor, out: Path,
                state: PartialState) -> tuple[torch.Tensor, dict[str, list[float]]]:
     """Sequences (sequences_per_task, K, T) of lattice indices for the first training images, designed per
     task and image (the process's shard of them; files already written are reused, so a killed run
@@ -119,7 +134,7 @@ def design_all(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], epe0: t
 
 
 @torch.no_grad()
-def posterior_after(cfg: BOEDConfig, g: PosteriorCNN, images: torch.Tensor, labels: torch.Tensor,
+def posterior_after(cfg: BOEDConfig, g: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                     top_left: torch.Tensor, task: int) -> tuple[float, float]:
     """(mean entropy, accuracy) of g's task head given glimpses top_left (n, T, 2) of images (n, C, H, W)."""
     logits = g(observation_mask(images, top_left, cfg.glimpse_size))[:, task]
@@ -127,7 +142,7 @@ def posterior_after(cfg: BOEDConfig, g: PosteriorCNN, images: torch.Tensor, labe
 
 
 
-def design_metrics(cfg: BOEDConfig, g: PosteriorCNN, data: dict[str, Split], epe0: torch.Tensor,
+def design_metrics(cfg: BOEDConfig, g: nn.Module, data: dict[str, Split], epe0: torch.Tensor,
                    sequences: torch.Tensor) -> dict[str, float]:
     """Claim (a): how often the design looks at the known deciding region, against chance; and near-optimality
     in the paper's own currency: g's posterior entropy and accuracy after the designed vs random glimpses."""

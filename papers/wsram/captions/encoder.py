@@ -12,7 +12,6 @@ dropped.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import torch
@@ -20,6 +19,7 @@ from safetensors.torch import save_file
 
 from core.cli import ArgumentParser, main_guard
 from core.errors import UserError
+from core.runs import read_state_dict
 
 VGG16_CONVS = (2, 2, 3, 3, 3)
 """3x3 convs per stage of VGG-16 (the flickr8k config's convs_per_stage)."""
@@ -45,14 +45,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("src", type=Path, help="torchvision vgg16 state dict (.pth)")
     parser.add_argument("dst", type=Path, help="the .safetensors file to write, for encoder_weights")
     args = parser.parse_args(argv)
-    if not args.src.is_file():
-        raise UserError(f"no file at {args.src}")
-    try:
-        state = torch.load(args.src, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as e:  # not a checkpoint, or not plain tensors
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise UserError(f"{args.src} is not a readable state dict ({first})") from None
-    save_file(vgg16_to_encoder(state), str(args.dst))
+    save_file(vgg16_to_encoder(read_state_dict(args.src)), str(args.dst))
     print(f"wrote {args.dst}")
     return args.dst
 
