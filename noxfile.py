@@ -20,7 +20,7 @@ nox.options.default_venv_backend = "none"  # each session uses the shared enviro
 ROOT = Path(__file__).resolve().parent
 ENV = ROOT / ".nox" / "shared"
 CONSTRAINTS = ROOT / "constraints.txt"
-SPECS = ("tnet", "saccader", "saccader-ablations", "wsram", "wsram-long", "wsram-captions",
+SPECS = ("tnet", "saccader", "saccader-ablations", "saccader-dram", "wsram", "wsram-long", "wsram-captions",
          "wsram-captions-long", "boed", "same-footing")
 """reproductions/<spec>.toml (reproductions/quickstart_times.py reads this list too)"""
 

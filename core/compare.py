@@ -172,13 +172,19 @@ def model_rows(reported: dict, ours: dict) -> list[dict]:
             resolved = (configs.get(run) or {}).get("resolved") or {}
             axes, counted = _axes(ours, name, run)
             source = f"results/{name}.json" + (f"; mults: results/{COUNTED_MULTS}.json" if counted else "")
+            dataset = resolved.get("dataset") or f"{result.get('paper', name)} task"
+            # A made task with its digits rescaled (Saccader's digit_scale, a number) is another task;
+            # WS-RAM's digit_scale is its own task's range.
+            scale = resolved.get("digit_scale")
+            if isinstance(scale, int | float) and scale:
+                dataset += f", digits x{scale:g}"
             rows.append(
                 {
                     "scale": result.get("scale", name.split("/")[1]),
                     "paper": result.get("paper", name),
                     "model": run,
                     # configs stored before a paper's `dataset` field existed name no dataset
-                    "dataset": resolved.get("dataset") or f"{result.get('paper', name)} task",
+                    "dataset": dataset,
                     **axes,
                     "source": source,
                 }
@@ -258,6 +264,7 @@ MODEL_NAMES = {
              "bagnet_full": "BagNet extractor, full res.", "bagnet_base": "BagNet extractor, base res."},
     "saccader": {"saccader": "Saccader", "dram": "DRAM"},
     "saccader-ablations": {"saccader": "Saccader (ablations run)"},
+    "saccader-dram": {"saccader": "Saccader (70 px digits)", "dram": "DRAM (70 px digits)"},
     "same-footing": {"tnet": "TNet", "saccader": "Saccader", "dram": "DRAM", "wsram_qc": "WS-RAM+q+c"},
     "wsram": {"var": "VAR", "var_c": "VAR+c", "wsram": "WS-RAM", "wsram_c": "WS-RAM+c", "wsram_q": "WS-RAM+q",
               "wsram_qc": "WS-RAM+q+c", "var_c_noexplore": "VAR+c, no heuristics",

@@ -472,6 +472,37 @@ def test_ablations_spec_trains_both_ablations(tmp_path):
 
 
 @pytest.mark.unit
+def test_digit_scale_rescales_the_made_digits_and_is_checked():
+    """digit_scale rescales a made single-digit task (reproductions/saccader-dram.toml: 70 px digits)."""
+    from papers.saccader.data import build_datasets
+
+    cfg = dataclasses.replace(get_config("cpu-dram"), dataset="cluttered-mnist", image_size=128, train_size=4,
+                              eval_size=3)
+    boxes = {}
+    for scale in (0.0, 2.0):
+        made = build_datasets(dataclasses.replace(cfg, digit_scale=scale))[1]
+        boxes[scale] = made.boxes
+    assert (boxes[0.0][:, 2] - boxes[0.0][:, 0]).tolist() == pytest.approx([28.0] * 3)
+    assert (boxes[2.0][:, 2] - boxes[2.0][:, 0]).tolist() == pytest.approx([56.0] * 3)
+    with pytest.raises(UserError, match="digit_scale=2 needs a made single-digit task"):
+        dataclasses.replace(get_config("cpu"), digit_scale=2.0)  # the digit pairs have their own layout
+    with pytest.raises(UserError, match="holds a 28 x 5 px digit"):
+        dataclasses.replace(cfg, digit_scale=5.0)  # 140 px > 128
+
+
+@pytest.mark.smoke
+def test_dram_spec_trains_saccader_and_dram_on_large_digits(tmp_path):
+    """reproductions/saccader-dram.toml: DRAM's claims (Fig. 3a, sec. 4.1) where its view holds a digit."""
+    spec = REPO_ROOT / "reproductions" / "saccader-dram.toml"
+    assert reproduce([str(spec), "--scale", "smoke", "--workdir", str(tmp_path / "work"),
+                      "--results-dir", str(tmp_path / "results")]) == 0
+    for run, metric in (("saccader", "accuracy_learned_T2"), ("dram", "accuracy_learned_T2")):
+        metrics = load_result(tmp_path / "work" / run / "seed0" / "final_metrics.json")
+        config = load_result(tmp_path / "work" / run / "seed0" / "config.json")
+        assert metric in metrics and config["digit_scale"] == 2.5 and config["dataset"] == "cluttered-mnist"
+
+
+@pytest.mark.unit
 def test_patch_classifier_uses_the_configured_bn_decay():
     """At TF-slim's 0.997 a few hundred updates leave BN's moving statistics those of the untrained
     network (the CPU-scale patch classifier then evaluated at ~0.15 while training at ~0.7)."""

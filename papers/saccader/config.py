@@ -96,6 +96,10 @@ class SaccaderConfig:
     margin: int = 24
     """CPU task only: digits stay this far from the edges, inside the span of the 77 px receptive
     fields' centres (38.5 px from the edge with valid convs)."""
+    digit_scale: float = 0.0
+    """Made tasks other than digit-pairs: every digit's side is 28 x digit_scale px (core.data's
+    scale_range); 0: the task's own. reproductions/saccader-dram.toml tests DRAM on 70 px digits, most of
+    which its 77 px view holds wherever a random glimpse lands."""
     standardize_images: bool = False
     """Made tasks only: shift and scale the canvases to zero mean and unit variance over the training
     pixels. DRAM's coordinate channels (official: linspace(-1, 1)) carry more spatial variance than a
@@ -217,6 +221,10 @@ class SaccaderConfig:
                             f"its stages are {', '.join(allowed)}")
         if unknown := [v for v in self.variants if v not in VARIANTS]:
             raise UserError(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+        scale = self.digit_scale
+        if scale and (self.dataset == "digit-pairs" or not 0 < 28 * scale <= self.image_size):
+            raise UserError(f"digit_scale={self.digit_scale:g} needs a made single-digit task whose "
+                            f"{self.image_size} px canvas holds a 28 x {self.digit_scale:g} px digit")
         if min(self.pretrain_glimpses, self.train_glimpses, self.mc_samples, self.batch_size,
                self.dram_pretrain_glimpses, min(self.eval_glimpses, default=1)) < 1:
             raise UserError("glimpse counts, mc_samples and batch_size must be >= 1")

@@ -120,6 +120,8 @@ def build_datasets(cfg: SaccaderConfig):
         return standardized(*made) if cfg.standardize_images else made
     if cfg.dataset in list_datasets():  # a made task of core.data, e.g. the cross-paper same-footing task
         kw = dict(canvas=cfg.image_size, channels=cfg.channels, transform=ToSigned())
+        if cfg.digit_scale:
+            kw["scale_range"] = (cfg.digit_scale, cfg.digit_scale)
         made = (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
                 build_dataset(cfg.dataset, "test", n=cfg.eval_size, seed=0, **kw))
         return standardized(*made) if cfg.standardize_images else made
