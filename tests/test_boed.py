@@ -44,7 +44,7 @@ from papers.boed.design import (
     write_sequence,
 )
 from papers.boed.design_phase import build_posterior
-from papers.boed.evaluate import adaptive_sweep, location_counts, stop_times
+from papers.boed.evaluate import adaptive_sweep, location_counts, region_entropies, stop_times
 from papers.boed.lowpower import LowPowerCNN, scaled
 from papers.boed.model import HardAttentionNet, hard_attention_loss
 
@@ -239,6 +239,17 @@ def test_random_glimpses_and_heuristic():
     assert (observation_mask(torch.ones(500, 1, 48, 48), top_left, 8)[:, -1].sum((1, 2)) > 0).all()
     logp = heuristic_log_probs(torch.tensor([[0.1, 0.6, 0.6]]), 10.0)
     assert torch.allclose(logp.exp().sum(-1), torch.ones(1)) and logp[0, 0] > logp[0, 1]
+
+
+def test_region_entropies_split_reading_the_region_from_scattering_outside_it():
+    on_region = torch.tensor([[True, True, True, True, False, False, False, False]]).repeat(2, 1)
+    counts = torch.tensor([[[5., 5., 5., 5., 20., 0., 0., 0.]],   # reads the region at 4 offsets
+                           [[20., 0., 0., 0., 5., 5., 5., 5.]]])  # one offset in, scattered outside
+    within, outside = region_entropies(counts, on_region)
+    assert torch.allclose(within[:, 0], torch.tensor([math.log(4), 0.0]))
+    assert torch.allclose(outside[:, 0], torch.tensor([0.0, math.log(4)]))
+    none_outside = region_entropies(torch.tensor([[[1., 1., 0., 0., 0., 0., 0., 0.]]]), on_region[:1])[1]
+    assert none_outside.item() == 0.0  # no glimpse outside the region: 0, not nan
 
 
 def test_glimpse_hits_needs_half_the_glimpse_inside():

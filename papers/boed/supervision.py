@@ -25,6 +25,7 @@ from papers.boed.evaluate import (
     hit_rates,
     location_counts,
     marginal_entropy,
+    region_entropies,
     rollout_dataset,
 )
 from papers.boed.model import build_model, hard_attention_loss
@@ -260,8 +261,12 @@ def summarize_attention(cfg: BOEDConfig, model, curves, ema_curves, data: dict[s
         m[p + "policy_entropy_t1"] = entropy[sel, 0].mean().item()
         m[p + "policy_entropy_later"] = entropy[sel, 1:].mean().item()
         if hits is not None:
-            chance = torch.stack([glimpse_hits(lattice, cfg.glimpse_size, test.boxes[tasks[e]]).float().mean()
-                                  for e in sel])
+            on_region = torch.stack([glimpse_hits(lattice, cfg.glimpse_size, test.boxes[tasks[e]])
+                                     for e in sel])
+            chance = on_region.float().mean(1)
+            within, outside = region_entropies(counts[sel], on_region)
+            m[p + "policy_entropy_later_on_region"] = within[:, 1:].mean().item()
+            m[p + "policy_entropy_later_off_region"] = outside[:, 1:].mean().item()
             m[p + "policy_hit_t1"] = hits[sel, 0].mean().item()
             m[p + "policy_hit_t1_over_chance"] = (hits[sel, 0] / chance).mean().item()
             m[p + "policy_hit_later"] = hits[sel, 1:].mean().item()
