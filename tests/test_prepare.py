@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from core.data import build_dataset
+from core.data.pack import pack
 from core.data.prepare import prepare
 from core.errors import UserError
 
@@ -346,7 +347,7 @@ def _train(paper: str, config: str, out: Path, sets: list[str]) -> dict:
 
 
 @pytest.mark.slow
-def test_tnet_imagenet_and_fmow_paper_configs_train_one_step_on_prepared_fakes(tmp_path):
+def test_tnet_imagenet_and_fmow_paper_configs_train_one_step_on_prepared_and_packed_fakes(tmp_path):
     fake_ilsvrc(tmp_path / "ilsvrc")
     prepare("imagenet", tmp_path / "ilsvrc", tmp_path / "imagenet")
     common = ["batch_size=2", "max_steps=1", "measure_cost=false", "checkpoint_every=0", "log_every=1"]
@@ -357,6 +358,10 @@ def test_tnet_imagenet_and_fmow_paper_configs_train_one_step_on_prepared_fakes(t
     prepare("fmow", tmp_path / "fmow_src", tmp_path / "fmow", max_side=100)
     metrics = _train("tnet", "fmow", tmp_path / "run_fmow", [f"dataset={tmp_path / 'fmow'}", "num_classes=2",
                                                              *common])
+    assert 0 <= metrics["accuracy"] <= 1
+    pack(tmp_path / "fmow", tmp_path / "fmow_packed", max_side=64)  # the faster pipeline reads the same
+    metrics = _train("tnet", "fmow", tmp_path / "run_packed", [f"dataset={tmp_path / 'fmow_packed'}",
+                                                               "num_classes=2", *common])
     assert 0 <= metrics["accuracy"] <= 1
 
 

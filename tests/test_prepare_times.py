@@ -7,7 +7,7 @@ import pytest
 from reproductions import prepare_times
 from reproductions.prepare_times import FAKES, IMAGENET_JPEG_KB, main, measure
 
-TINY = {"imagenet": 8, "fmow": 2, "celeba-hq": 2, "mnist": 70}
+TINY = {"imagenet": 8, "fmow": 2, "celeba-hq": 2, "mnist": 70, "imagenet-pack": 8}
 
 
 @pytest.fixture(scope="module")

@@ -185,14 +185,30 @@ def _load_hf(name: str, split: str, cache_dir: str | None, subset: str | None, f
                             f"exists; {hint}") from e
 
 
+def is_packed(folder: str | Path) -> bool:
+    """Whether `folder` is a DatasetDict written by `datasets`' save_to_disk (as `core.data.pack` writes)."""
+    return (Path(folder) / "dataset_dict.json").is_file()
+
+
+def _load_packed(folder: Path, split: str):
+    """One split of a folder `python -m core.data.pack` wrote (memory-mapped, nothing copied)."""
+    import datasets
+
+    packed = datasets.load_from_disk(str(folder))
+    if split not in packed:
+        raise UserError(f"packed dataset {folder} has no split {split!r}; it has {', '.join(packed)}")
+    return packed[split]
+
+
 def build_dataset(name: str, split: str, **kw) -> Dataset:
     """The dataset `name`'s `split`, yielding (float image (C, H, W) in [0, 1], label).
 
     `name` is, in this order of lookup:
     - a registered (made) dataset ("translated-scaled-mnist", "cluttered-mnist", "digit-canvas", or one
       a paper added with `register_dataset`): `factory(split, **kw)`, e.g. n=, seed=, canvas=;
-    - an existing local folder: an MNIST IDX folder (train-images-idx3-ubyte[.gz], ...) -> `IDXDataset`,
-      otherwise an imagefolder (class subfolders of images, optionally inside split folders such as
+    - an existing local folder: an MNIST IDX folder (train-images-idx3-ubyte[.gz], ...) -> `IDXDataset`, a
+      folder `python -m core.data.pack` wrote (a `datasets` save_to_disk) -> `HFImageDataset`, otherwise an
+      imagefolder (class subfolders of images, optionally inside split folders such as
       train/ and test/) read with `datasets` -> `HFImageDataset`;
     - a Hugging Face hub id already in the local cache -> `HFImageDataset`.
     Real sources take `transform`, `channels` (3 for `datasets`, 1 for IDX by default), `image_size`,
@@ -208,6 +224,8 @@ def build_dataset(name: str, split: str, **kw) -> Dataset:
             raise UserError(f"subset={subset!r} applies to hub datasets, not to the folder {path}")
         if is_idx_folder(path):
             return IDXDataset(path, split, **kw)
+        if is_packed(path):
+            return HFImageDataset(_load_packed(path, split), source=str(path), **kw)
         if not any(p.is_file() for p in path.rglob("*")):
             raise UserError(f"folder {path} is empty; expected class subfolders of images")
         _check_imagefolder(path)

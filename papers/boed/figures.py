@@ -18,7 +18,6 @@ record (stage "summary") holds each run's figure data, and writes into DIR (defa
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from matplotlib.colors import PowerNorm
 
 from core.cli import main_guard
 from core.errors import UserError
-from core.figures import plt, save_figure
+from core.figures import plt, read_seed_logs, save_figure
 from core.glimpse import lattice_top_left
 from papers.boed.design import candidate_masks
 
@@ -36,17 +35,12 @@ COLORS = {"partial": "tab:blue", "unsupervised": "tab:orange"}
 
 def load_summaries(logs: Path, run: str) -> list[dict]:
     """The summary record of every seed of a run, seed order."""
-    folder = logs / run
-    paths = sorted(folder.glob("seed*.jsonl"), key=lambda p: int(p.stem[4:]))
-    if not paths:
-        raise UserError(f"no logs under {folder} "
-                        "(run `python -m core.reproduce reproductions/boed.toml --update`)")
     out = []
-    for path in paths:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    hint = " (run `python -m core.reproduce reproductions/boed.toml --update`)"
+    for rows in read_seed_logs(logs / run, hint):
         summary = [r for r in rows if r.get("stage") == "summary"]
         if not summary:
-            raise UserError(f"{path} has no summary record")
+            raise UserError(f"a log under {logs / run} has no summary record (was the run cut short?)")
         out.append(summary[-1])
     return out
 

@@ -114,5 +114,7 @@ class BoxedTrainSet(Dataset):
 
     def __getitem__(self, i: int):
         image, label = self.dataset[i]
-        path = Path(self.dataset.data[i][self.dataset.image_column]["path"])
-        return self.transform(image, self.boxes.get(f"{path.parent.name}/{path.name}", ())), label
+        # "<category>/<file name>" from the label's class: a packed dataset (core.data.pack) keeps only the
+        # file's name, the folder its path.
+        name = Path(self.dataset.data[i][self.dataset.image_column]["path"]).name
+        return self.transform(image, self.boxes.get(f"{self.dataset.classes[label]}/{name}", ())), label

@@ -15,14 +15,13 @@ axis: the geometric mean and a band of +-1 standard deviation of log10).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 from core.cli import fail, main_guard
 from core.errors import UserError
-from core.figures import plt, save_figure
+from core.figures import plt, read_seed_logs, save_figure
 
 # run name in reproductions/wsram.toml -> legend label (Fig. 2 / Fig. 3 of the paper)
 FIG2_RUNS = {"var": "VAR", "var_c": "VAR+c", "wsram": "WS-RAM", "wsram_c": "WS-RAM+c",
@@ -39,13 +38,7 @@ SHARED_RUN = "wsram_qc"  # the run that measures every estimator's variance at i
 
 def load_curves(logs: Path, run: str, metrics=tuple(PANELS)) -> dict[str, tuple[np.ndarray, ...]]:
     """{metric: (updates, centre, band low, band high)} over seeds for the logged points of one run."""
-    files = sorted((logs / run).glob("seed*.jsonl"))
-    if not files:
-        raise UserError(f"no logs for run {run!r} under {logs} (expected {logs / run}/seed<S>.jsonl)")
-    per_seed = []
-    for f in files:
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        per_seed.append([r for r in rows if "train_error" in r])
+    per_seed = [[r for r in rows if "train_error" in r] for rows in read_seed_logs(logs / run)]
     n = min(len(rows) for rows in per_seed)  # seeds log the same steps; guard against a cut-short log
     steps = np.array([r["step"] for r in per_seed[0][:n]])
     out = {}

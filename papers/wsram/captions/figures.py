@@ -18,7 +18,7 @@ import numpy as np
 
 from core.cli import fail, main_guard
 from core.errors import UserError
-from core.figures import plt, save_figure
+from core.figures import plt, read_seed_logs, save_figure
 
 # run name in reproductions/wsram-captions.toml -> legend label (Fig. 4 uses Fig. 3's labels)
 RUNS = {"var": "VAR", "var_c": "VAR+c", "wsram": "WS-RAM", "wsram_c": "WS-RAM+c", "wsram_q": "WS-RAM+q",
@@ -27,13 +27,7 @@ RUNS = {"var": "VAR", "var_c": "VAR+c", "wsram": "WS-RAM", "wsram_c": "WS-RAM+c"
 
 def load_curve(logs: Path, run: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(updates, mean, std) over seeds of one run's logged training NLL."""
-    files = sorted((logs / run).glob("seed*.jsonl"))
-    if not files:
-        raise UserError(f"no logs for run {run!r} under {logs} (expected {logs / run}/seed<S>.jsonl)")
-    per_seed = []
-    for f in files:
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
-        per_seed.append([r for r in rows if "train_nll" in r])
+    per_seed = [[r for r in rows if "train_nll" in r] for rows in read_seed_logs(logs / run)]
     n = min(len(rows) for rows in per_seed)  # seeds log the same steps; guard against a cut-short log
     values = np.array([[r["train_nll"] for r in rows[:n]] for rows in per_seed])
     return np.array([r["step"] for r in per_seed[0][:n]]), values.mean(0), values.std(0)
