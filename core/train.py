@@ -25,6 +25,7 @@ from accelerate.utils import (
     RNG_STATE_NAME,
     broadcast,
     extract_model_from_parallel,
+    is_compiled_module,
     load,
     send_to_device,
     set_seed,
@@ -71,8 +72,6 @@ class LoopConfig:
     channels_last: bool = False
     """Convert the model and image batches to channels_last (conv nets: 1.3-1.6x the images/s in bf16 on an
     H200, issue #18; 1.2-1.7x the updates/s of the CPU-scale BagNets and ResNets with one thread)."""
-    compile: bool = False
-    """Wrap the model in torch.compile (opt-in: not measured to pay off on every model)."""
     ema_decay: float = 0.0
     """Also keep an exponential moving average of the weights (torch.optim.swa_utils, this decay per update;
     0: off), checkpointed with the run and evaluated beside the trained weights as eval_ema/<metric>."""
@@ -203,13 +202,14 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return extract_model_from_parallel(model, keep_torch_compile=False)
 
 
-def write_run_record(out: Path, accelerator: Accelerator, channels_last: bool, compiled: bool) -> Path:
-    """<out>/run.json: the precision, devices, memory format and compile mode this run actually used (the
-    launcher can change the first two without the config showing it)."""
+def write_run_record(out: Path, accelerator: Accelerator, model: torch.nn.Module,
+                     channels_last: bool) -> Path:
+    """<out>/run.json: the precision, devices, memory format and torch.compile backend this run actually used
+    (the launcher sets precision, devices and compilation without the config showing it)."""
+    backend = accelerator.state.dynamo_plugin.backend.value.lower() if is_compiled_module(model) else "none"
     record = {"mixed_precision": accelerator.mixed_precision, "device": accelerator.device.type,
               "num_processes": accelerator.num_processes,
-              "memory_format": "channels_last" if channels_last else "contiguous",
-              "compile": "torch.compile" if compiled else "none"}
+              "memory_format": "channels_last" if channels_last else "contiguous", "compile": backend}
     out.mkdir(parents=True, exist_ok=True)
     (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     return out / "run.json"
@@ -263,11 +263,14 @@ def train(loop: LoopConfig, model: torch.nn.Module, optimizer: torch.optim.Optim
     set_seed(loop.seed)
     if loop.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if loop.compile:
-        model = torch.compile(model)
+    # `accelerate launch --dynamo_backend inductor` (ACCELERATE_DYNAMO_BACKEND) makes prepare wrap the model
+    # in torch.compile; off by default: on the CPU configs it does not pay (reproductions/bench.py). A module
+    # an earlier stage's accelerator prepared carries accelerate's no-double-wrap flag, and prepare would
+    # return it as it is (uncompiled): this accelerator has not prepared it, so the flag goes.
+    model.__dict__.pop("_is_accelerate_prepared", None)
     model, optimizer = accelerator.prepare(model, optimizer)
     if accelerator.is_main_process:
-        write_run_record(out, accelerator, loop.channels_last, loop.compile)
+        write_run_record(out, accelerator, model, loop.channels_last)
     # Every rank averages the same synchronised weights, so the average needs no communication.
     ema = AveragedModel(unwrap(model), multi_avg_fn=get_ema_multi_avg_fn(loop.ema_decay), use_buffers=True) \
         if loop.ema_decay else None

@@ -18,14 +18,14 @@
    put through the TNet and Saccader training transforms in this one process (one thread), images per
    CPU-second (>= 200); also decoding at reduced size (core.data.jpeg, PIL draft mode) for 77 px crops,
    and both transforms on a packed copy (core.data.pack: the files pre-resized to a 256 px shorter side).
+6. torch.compile, which `accelerate launch --dynamo_backend inductor` applies to every paper's model: full
+   training steps of the WS-RAM, TNet and BOED `cpu` configs compiled vs eager from the same weights, and the
+   one-time compilation cost (not in --quick).
 
 Timing: R rounds; in each round every candidate runs once, back to back, so a slow spell of a shared
 machine hits all of them; a ratio is the median over rounds of the per-round ratio. --quick swaps the
 paper-scale models for the CPU-scale configs (seconds, for tests) and writes <device>-quick.json; a full
 run writes results/bench/<device>.json with provenance.
-
-torch.compile is not measured here (nor used by the models): whether it pays off on these convolution-bound
-models is an open item of issue #8.
 """
 
 from __future__ import annotations
@@ -502,6 +502,53 @@ def bench_sessions(results_dir: Path, targets: Targets) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------------
+# 6. torch.compile, as `accelerate launch --dynamo_backend inductor` applies it
+
+
+COMPILE_RUNS = [("wsram", "cpu"), ("tnet", "cpu"), ("boed", "cpu")]  # a recurrent step, two CNNs
+
+
+def _training_step(model, optimizer, step_fn, batch, device) -> float:
+    """Seconds of one full training step (forward, loss, backward, optimiser update)."""
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    loss, _ = step_fn(model, batch, 1)
+    loss.backward()
+    optimizer.step()
+    sync()
+    return time.perf_counter() - start
+
+
+def bench_compile(device, quick: bool) -> dict:
+    """Training steps of the model wrapped in torch.compile (as accelerate's prepare does under
+    `--dynamo_backend inductor`) against eager, from the same initial weights, alternating step by step over
+    rounds: the median speed-up and the one-time cost of the first compiled steps (compilation, seconds)."""
+    plan = [("wsram", "smoke")] if quick else COMPILE_RUNS
+    rounds = 3 if quick else 10
+    out = {}
+    for paper, name in tqdm(plan, desc="torch.compile", unit="config"):
+        runs = {}
+        for mode in ("eager", "compiled"):
+            torch.manual_seed(0)
+            model, optimizer, step_fn, data, _, _ = TRAINERS[paper](name, None, device)
+            model.train()
+            runs[mode] = [torch.compile(model) if mode == "compiled" else model, optimizer, step_fn, data]
+        first = {mode: sum(_training_step(*run, device) for _ in range(2)) for mode, run in runs.items()}
+        times = {mode: [] for mode in runs}
+        for r in range(rounds):
+            for mode in list(runs)[r % 2:] + list(runs)[:r % 2]:
+                times[mode].append(_training_step(*runs[mode], device))
+        out[f"{paper}/{name}"] = {"eager_step_ms": median_ms(times["eager"]),
+                                  "compiled_step_ms": median_ms(times["compiled"]),
+                                  "speedup": ratio(times, "eager", "compiled"),
+                                  "compile_s": first["compiled"] - first["eager"], "rounds": rounds}
+        runs = None
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
 # 5. Loader throughput
 
 
@@ -604,7 +651,9 @@ def run(quick: bool, device_name: str, results_dir: Path) -> dict:
                      ("tnet_inference", lambda: bench_tnet(device, quick, targets)),
                      ("training", lambda: bench_training(device, quick)),
                      ("sessions", lambda: bench_sessions(results_dir, targets)),
-                     ("loader", lambda: bench_loader(quick, targets))):
+                     ("loader", lambda: bench_loader(quick, targets)),
+                     # compiling takes a minute a model: --quick leaves it out (tests/test_bench.py, slow)
+                     ("compile", lambda: {} if quick else bench_compile(device, quick))):
         t0 = time.perf_counter()
         sections[name] = fn()
         print(f"[bench] {name}: {time.perf_counter() - t0:.1f} s", flush=True)

@@ -89,6 +89,14 @@ def test_quick_bench_writes_every_target(tmp_path):
     assert all(rate > 0 for rate in result["loader"]["images_per_cpu_s"].values())
 
 
+@pytest.mark.slow
+def test_compile_section_times_a_compiled_training_step_against_eager():
+    out = bench.bench_compile(torch.device("cpu"), quick=True)  # WS-RAM's smoke model, ~40 s of compiling
+    entry = out["wsram/smoke"]
+    assert entry["eager_step_ms"] > 0 and entry["compiled_step_ms"] > 0 and entry["speedup"] > 0
+    assert entry["compile_s"] > 1  # the first compiled steps build the graph; eager ones do not
+
+
 @pytest.mark.unit
 def test_cuda_without_a_gpu_is_a_one_line_error(tmp_path):
     if torch.cuda.is_available():

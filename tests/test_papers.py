@@ -197,6 +197,24 @@ def test_two_processes_run_every_paper_as_one_does(name, tmp_path):
     assert records and all(r["num_processes"] == 2 for r in records)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_launcher_precision_and_compilation_take_effect_in_every_paper(name, tmp_path):
+    """`accelerate launch --mixed_precision bf16 --dynamo_backend eager` on the smoke config: every training
+    stage runs compiled (the eager backend: dynamo's tracing without an inductor build) and records it."""
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1",
+           "PYTHONPATH": str(root)}
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "-q", "--cpu", "--num_processes", "1",
+              "--num_machines", "1", "--mixed_precision", "bf16", "--dynamo_backend", "eager"]
+    script = str(root / PAPERS[name].train_script)
+    proc = subprocess.run([*launch, script, "--config", "smoke", "--output-dir", str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(p.read_text()) for p in tmp_path.rglob("run.json")]
+    assert records and all(r["mixed_precision"] == "bf16" and r["compile"] == "eager" for r in records)
+
+
 def test_paper_code_gets_its_process_state_from_core():
     """A bare accelerate PartialState() ignores ACCELERATE_USE_CPU, and the first one created fixes the state
     for the whole process: under a 2-process CPU launch Saccader and BOED ran as independent single processes

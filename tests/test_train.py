@@ -185,17 +185,24 @@ def test_precision_defers_to_the_launcher_and_is_recorded(tmp_path, monkeypatch,
 
 
 @pytest.mark.unit
-def test_compiled_model_trains_checkpoints_resumes_and_is_recorded(tmp_path, monkeypatch):
-    # The eager backend exercises the torch.compile wrapper (accelerate prepare, save/load state, unwrap)
-    # without the minutes of an inductor build.
+def test_launcher_compilation_trains_checkpoints_resumes_and_is_recorded(tmp_path, monkeypatch):
+    # `accelerate launch --dynamo_backend B` reaches the process as this variable. The eager backend
+    # exercises the torch.compile wrapper (accelerate prepare, save/load state, unwrap) without the minutes
+    # of an inductor build.
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", "EAGER")
+    AcceleratorState._reset_state(True)
+    wrapped = []
     compile_ = torch.compile
-    monkeypatch.setattr(torch, "compile", lambda model: compile_(model, backend="eager"))
-    for steps in (2, 4):  # the second call resumes from the first one's checkpoint
-        model, optimizer, data = _setup()
-        loop = LoopConfig(max_steps=steps, batch_size=8, compile=True, output_dir=str(tmp_path), cpu=True)
+    monkeypatch.setattr(torch, "compile",
+                        lambda model, **kw: wrapped.append(kw["backend"]) or compile_(model, **kw))
+    model, optimizer, data = _setup()
+    for steps in (2, 4):  # the second call resumes from the first one's checkpoint, on the same module
+        loop = LoopConfig(max_steps=steps, batch_size=8, output_dir=str(tmp_path), cpu=True)
         metrics = train(loop, model, optimizer, data, _step, data, _eval)
+    assert wrapped == ["eager", "eager"]  # a module an earlier call prepared is compiled again (stages)
     assert 0 <= metrics["acc"] <= 1 and checkpoint_steps(tmp_path / "checkpoints") == [2, 4]
-    assert json.loads((tmp_path / "run.json").read_text())["compile"] == "torch.compile"
+    assert json.loads((tmp_path / "run.json").read_text())["compile"] == "eager"
+    AcceleratorState._reset_state(True)
 
 
 @pytest.mark.unit
