@@ -7,6 +7,7 @@ Reproducibility rules this loop guarantees (and the tests check):
   * evaluation metrics are exact dataset means, whatever the number of processes or the last batch size.
 """
 
+import contextlib
 import json
 import os
 import pickle
@@ -215,6 +216,37 @@ def write_run_record(out: Path, accelerator: Accelerator, model: torch.nn.Module
     return out / "run.json"
 
 
+class Throughput:
+    """Training images per second of this session's steps and the fraction of that time spent waiting for
+    the data loader (on this process): the end-to-end rate to set beside `nox -s bench`'s model-only one.
+    The first step (kernel selection, compilation, workers starting) is not counted, nor are evaluations
+    and checkpoints, which happen after a step's end."""
+
+    def __init__(self, images_per_step: int):
+        self.images_per_step = images_per_step
+        self.steps, self.busy_s, self.wait_s = 0, 0.0, 0.0
+        self._start = self._wait = 0.0
+
+    def start_step(self) -> None:
+        self._start, self._wait = time.perf_counter(), 0.0
+
+    @contextlib.contextmanager
+    def waiting(self):
+        start = time.perf_counter()
+        yield
+        self._wait += time.perf_counter() - start
+
+    def end_step(self, first: bool) -> None:
+        if not first:
+            self.steps += 1
+            self.busy_s += time.perf_counter() - self._start
+            self.wait_s += self._wait
+
+    def summary(self) -> dict:
+        return {"timed_steps": self.steps, "images_per_s": self.images_per_step * self.steps / self.busy_s,
+                "data_wait_fraction": self.wait_s / self.busy_s}
+
+
 def data_workers(num_workers: int | None, processes: int = 1) -> int:
     """`num_workers`, or with None one per core available to each of `processes` processes less one for
     the training loop, at most 8."""
@@ -312,12 +344,15 @@ def train(loop: LoopConfig, model: torch.nn.Module, optimizer: torch.optim.Optim
                     disable=not accelerator.is_local_main_process)
     metrics = {}
     saved_at = time.monotonic()
+    speed = Throughput(loop.batch_size * accelerator.num_processes * loop.grad_accum_steps)
     model.train()
     try:
         for step in range(start + 1, loop.max_steps + 1):
             stats = defaultdict(float)
+            speed.start_step()
             for _ in range(loop.grad_accum_steps):
-                batch = send_to_device(next(batches), accelerator.device)
+                with speed.waiting():
+                    batch = send_to_device(next(batches), accelerator.device)
                 if loop.channels_last:
                     batch = _to_channels_last(batch)
                 with accelerator.accumulate(model):
@@ -338,6 +373,7 @@ def train(loop: LoopConfig, model: torch.nn.Module, optimizer: torch.optim.Optim
                 ema.update_parameters(unwrap(model))
             if scheduler is not None and not optimizer.step_was_skipped:
                 scheduler.step()
+            speed.end_step(first=step == start + 1)
 
             record = {}
             if step % loop.log_every == 0 or step == loop.max_steps:
@@ -369,5 +405,8 @@ def train(loop: LoopConfig, model: torch.nn.Module, optimizer: torch.optim.Optim
         progress.close()
         if log is not None:
             log.close()
+    if accelerator.is_main_process and speed.steps:
+        record = {**json.loads((out / "run.json").read_text()), "throughput": speed.summary()}
+        (out / "run.json").write_text(json.dumps(record, indent=2) + "\n")
     sync_buffers(accelerator, model)
     return metrics

@@ -3,6 +3,7 @@ row-copy fast path of core.glimpse equals its gather path, and a --quick run wri
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,31 @@ def test_compile_section_times_a_compiled_training_step_against_eager():
     entry = out["wsram/smoke"]
     assert entry["eager_step_ms"] > 0 and entry["compiled_step_ms"] > 0 and entry["speedup"] > 0
     assert entry["compile_s"] > 1  # the first compiled steps build the graph; eager ones do not
+
+
+@pytest.mark.slow
+def test_end_to_end_sets_the_folder_run_beside_the_in_memory_one(tmp_path):
+    """reproductions/end_to_end.py at a toy size: TNet's imagenet config on made JPEGs and on in-memory
+    images, each run's throughput from its run.json, stored with provenance."""
+    proc = subprocess.run([sys.executable, "reproductions/end_to_end.py", "--batch", "2", "--steps", "3",
+                           "--images", "8", "--workers", "1", "--update", "--results-dir", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((tmp_path / "bench" / "end-to-end-cpu.json").read_text())
+    assert result["device"] == "cpu" and result["mixed_precision"] == "no"
+    assert "git_commit" in result["provenance"]
+    speeds = {name: run["throughput"] for name, run in result["runs"].items()}
+    assert set(speeds) == {"folder", "in_memory"} and all(s["timed_steps"] == 2 for s in speeds.values())
+    ratio = speeds["folder"]["images_per_s"] / speeds["in_memory"]["images_per_s"]
+    assert result["end_to_end_fraction"] == pytest.approx(ratio)
+
+
+@pytest.mark.unit
+def test_end_to_end_refuses_bad_input_in_one_line():
+    proc = subprocess.run([sys.executable, "reproductions/end_to_end.py", "--steps", "1"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "steps >= 2" in proc.stderr
 
 
 @pytest.mark.unit

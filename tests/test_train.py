@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -178,10 +179,33 @@ def test_precision_defers_to_the_launcher_and_is_recorded(tmp_path, monkeypatch,
         torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
     train(loop, model, optimizer, data, _step)
     assert seen[-1] == (torch.bfloat16 if used == "bf16" else None)  # the precision takes effect
-    assert json.loads((tmp_path / "run.json").read_text()) == {
-        "mixed_precision": used, "device": "cpu", "num_processes": 1,
-        "memory_format": "channels_last", "compile": "none"}
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run.pop("throughput")["timed_steps"] == 1  # the second of 2 steps (tested below)
+    assert run == {"mixed_precision": used, "device": "cpu", "num_processes": 1,
+                   "memory_format": "channels_last", "compile": "none"}
     AcceleratorState._reset_state(True)
+
+
+@pytest.mark.unit
+def test_run_records_its_throughput_and_the_time_it_waited_for_data(tmp_path):
+    class SlowData(torch.utils.data.Dataset):  # every example costs the loader 5 ms
+        def __init__(self, data):
+            self.data = data
+
+        def __len__(self):
+            return len(self.data)
+
+        def __getitem__(self, i):
+            time.sleep(0.005)
+            return self.data[i]
+
+    model, optimizer, data = _setup()
+    loop = LoopConfig(max_steps=6, batch_size=8, output_dir=str(tmp_path), cpu=True, checkpoint_every=0)
+    train(loop, model, optimizer, SlowData(data), _step)
+    speed = json.loads((tmp_path / "run.json").read_text())["throughput"]
+    assert speed["timed_steps"] == 5  # the first step is not timed
+    # >= 40 ms of loading per 8-image step: the wait dominates this tiny model's step and caps the rate
+    assert speed["data_wait_fraction"] > 0.5 and 0 < speed["images_per_s"] < 8 / 0.04
 
 
 @pytest.mark.unit
@@ -328,6 +352,7 @@ def test_two_processes_end_with_identical_parameters(two_process_run):
     assert (two_process_run / "checkpoints" / "step_20" / "random_states_1.pkl").exists()
     assert [r["step"] for r in _records(two_process_run / "metrics.jsonl")] == list(range(1, 21))
     run = json.loads((two_process_run / "run.json").read_text())
+    assert run.pop("throughput")["timed_steps"] == 19
     assert run == {"mixed_precision": "no", "device": "cpu", "num_processes": 2,
                    "memory_format": "contiguous", "compile": "none"}
 
