@@ -10,8 +10,9 @@
    vs BagNet-77 on the whole 224 px image (Table 1), and TNet with 4 locations at 896 px vs EfficientNet-B0
    at 896 px (Table 2); our ratio must reach the paper's (baseline / TNet, from results/papers/tnet.json).
 3. Training throughput (images/s of a full step: forward, loss, backward, optimiser) of every paper's `cpu`
-   config and one step of every paper-scale model at batch 2, on random inputs (data loading excluded),
-   plus the wall time of each `reproduce-<paper>` session from results/<paper>/cpu.json (<= 20 min).
+   config and of every paper-scale model (on CPU at batch 2; on CUDA at issue #18's batches in fp32, bf16
+   and bf16 + channels_last), on random inputs (data loading excluded), plus the wall time of each
+   `reproduce-<paper>` session from results/<paper>/cpu.json (<= 20 min).
 4. torch features: channels_last vs the default layout for BagNet-77 and TNet (1 location); bf16
    autocast on GPU.
 5. Loader throughput per core (issue #18): made ImageNet-like JPEGs (500 x 375, quality 90) decoded and
@@ -368,8 +369,9 @@ def bench_tnet(device, quick: bool, targets: Targets) -> dict:
 # 3. Training throughput
 
 
-def _time_steps(model, optimizer, step_fn, batch, steps: int, device) -> float:
-    """Images per second of full training steps (forward, loss, backward, optimiser update)."""
+def _time_steps(model, optimizer, step_fn, batch, steps: int, device, bf16: bool = False) -> float:
+    """Images per second of full training steps (forward, loss, backward, optimiser update); bf16: the
+    forward and loss under bf16 autocast, as accelerate's mixed precision runs them."""
     model.train()
     images = batch[0]
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
@@ -378,12 +380,20 @@ def _time_steps(model, optimizer, step_fn, batch, steps: int, device) -> float:
         sync()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        loss, _ = step_fn(model, batch, i + 1)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss, _ = step_fn(model, batch, i + 1)
         loss.backward()
         optimizer.step()
         sync()
         times.append(time.perf_counter() - start)
     return images.shape[0] / statistics.median(times[1:])
+
+
+def _channels_last(model, data):
+    """The model and its 4-D inputs in channels_last (what `channels_last=True` configs train in)."""
+    cl = torch.channels_last
+    data = tuple(x.contiguous(memory_format=cl) if x.ndim == 4 else x for x in data)
+    return model.to(memory_format=cl), data
 
 
 def _labels(n, classes, device):
@@ -455,20 +465,38 @@ PAPER_RUNS = [("tnet", "imagenet", 2, {}), ("tnet", "fmow", 2, {}),
               ("boed", "celeba-hq", 2, {})]
 SMOKE_RUNS = [("tnet", "smoke", None, {}), ("saccader", "smoke", None, {"stage": "policy"}),
               ("wsram", "smoke", None, {}), ("boed", "smoke", None, {})]
+# issue #18's GPU table: batch 64 at 224 px, WS-RAM 128; fp32, bf16, bf16 + channels_last
+GPU_BATCH = {"tnet": 64, "saccader": 64, "wsram": 128, "boed": 64}
+BF16_VARIANTS = ("bf16", "bf16_channels_last")
+
+
+def training_plan(device, quick: bool) -> list[tuple[str, tuple, str]]:
+    """(scale, run, variant) to time. Variants: "" (fp32), "bf16" and "bf16_channels_last" (the issue #18
+    table). On CUDA the paper-scale models run at that table's batches (64; WS-RAM 128) in all three; on CPU
+    at batch 2 in fp32 (--quick: one smoke run in each variant, so their code runs without a GPU)."""
+    if quick:
+        return [("smoke", r, "") for r in SMOKE_RUNS] + [("smoke", SMOKE_RUNS[0], v) for v in BF16_VARIANTS]
+    if device.type != "cuda":
+        return [("cpu", r, "") for r in CPU_RUNS] + [("paper", r, "") for r in PAPER_RUNS]
+    paper_runs = [(paper, name, GPU_BATCH[paper], kw) for paper, name, _, kw in PAPER_RUNS]
+    return [("cpu", r, "") for r in CPU_RUNS] + [("paper", r, v) for r in paper_runs
+                                                  for v in ("", *BF16_VARIANTS)]
 
 
 def bench_training(device, quick: bool) -> dict:
-    plan = [("smoke", r) for r in SMOKE_RUNS] if quick else \
-        [("cpu", r) for r in CPU_RUNS] + [("paper", r) for r in PAPER_RUNS]
     out = {}
-    for scale, (paper, name, batch, kw) in tqdm(plan, desc="training throughput", unit="config"):
-        key = f"{paper}/{name}" + (f"/{kw['stage']}" if "stage" in kw else "")
+    for scale, (paper, name, batch, kw), variant in tqdm(training_plan(device, quick),
+                                                          desc="training throughput", unit="config"):
+        key = "/".join(part for part in (paper, name, kw.get("stage"), variant) if part)
         torch.manual_seed(0)
         try:
             model, optimizer, step_fn, data, b, size = TRAINERS[paper](name, batch, device, **kw)
-            steps = 2 if quick or scale == "paper" else 5
+            if variant.endswith("channels_last"):
+                model, data = _channels_last(model, data)
+            steps = 2 if quick or (scale == "paper" and device.type != "cuda") else 5
             start = time.perf_counter()
-            rate = _time_steps(model, optimizer, step_fn, data, steps, device)
+            bf16 = variant.startswith("bf16")
+            rate = _time_steps(model, optimizer, step_fn, data, steps, device, bf16=bf16)
             out[key] = {"scale": scale, "batch": b, "image_size": size, "images_per_s": rate,
                         "seconds_per_step": b / rate, "timed_steps": steps,
                         "bench_seconds": time.perf_counter() - start}

@@ -51,6 +51,19 @@ def test_row_copy_fast_path_equals_gather_path(monkeypatch):
 
 
 @pytest.mark.unit
+def test_training_plan_times_issue_18s_table_on_cuda_and_batch_2_fp32_on_cpu():
+    cuda = bench.training_plan(torch.device("cuda"), quick=False)  # a plan only: nothing runs on the GPU
+    paper = [(run[0], run[2], variant) for scale, run, variant in cuda if scale == "paper"]
+    assert len(paper) == 3 * len(bench.PAPER_RUNS)
+    assert {(name, batch) for name, batch, _ in paper} == {("tnet", 64), ("saccader", 64), ("wsram", 128),
+                                                           ("boed", 64)}
+    assert {variant for *_, variant in paper} == {"", "bf16", "bf16_channels_last"}
+    cpu = bench.training_plan(torch.device("cpu"), quick=False)
+    assert all(variant == "" for *_, variant in cpu)
+    assert [run[2] for scale, run, _ in cpu if scale == "paper"] == [2] * len(bench.PAPER_RUNS)
+
+
+@pytest.mark.unit
 def test_ratio_is_the_median_of_per_round_ratios():
     times = {"a": [2.0, 10.0, 3.0], "b": [1.0, 1.0, 1.0]}
     assert bench.ratio(times, "a", "b") == 3.0
@@ -85,7 +98,8 @@ def test_quick_bench_writes_every_target(tmp_path):
     assert all(case["equal_up_to_rounding"] for case in result["glimpse"].values())
     for entry in result["training"].values():
         assert entry["images_per_s"] > 0
-    assert set(result["training"]) == {"tnet/smoke", "saccader/smoke/policy", "wsram/smoke", "boed/smoke"}
+    assert set(result["training"]) == {"tnet/smoke", "saccader/smoke/policy", "wsram/smoke", "boed/smoke",
+                                       "tnet/smoke/bf16", "tnet/smoke/bf16_channels_last"}
     assert all(v == {"note": "no stored result"} for v in result["sessions"].values())
     assert all(rate > 0 for rate in result["loader"]["images_per_cpu_s"].values())
 
