@@ -87,6 +87,9 @@ def test_bad_input_is_one_line(tmp_path):
     (tmp_path / "full" / "x").write_text("")
     with pytest.raises(UserError, match="not empty"):
         pack(src, tmp_path / "full")
+    (tmp_path / "empty" / "train" / "n01").mkdir(parents=True)
+    with pytest.raises(UserError, match="holds no images"):
+        pack(tmp_path / "empty", tmp_path / "d")
     with pytest.raises(UserError, match="max_side >= 1"):
         pack(src, tmp_path / "b", max_side=0)
     pack(src, tmp_path / "packed", max_side=32)

@@ -25,9 +25,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from core.data.prepare import IMAGE_SUFFIXES
 from core.errors import UserError
 
-IMAGE_SUFFIXES = (".jpeg", ".jpg", ".png")
 # Split folder -> the split name `datasets`' imagefolder gives it (what the configs' *_split fields use).
 SPLITS = {"train": "train", "training": "train", "validation": "validation", "valid": "validation",
           "val": "validation", "dev": "validation", "eval": "validation", "evaluation": "validation",
@@ -69,6 +69,8 @@ def _split_files(src: Path) -> dict[str, list[tuple[Path, str]]]:
                             f"`python -m core.data.prepare` wrote")
         splits[name] = [(f, c.name) for c in classes for f in sorted(c.iterdir())
                         if f.suffix.lower() in IMAGE_SUFFIXES]
+        if not splits[name]:
+            raise UserError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}) in its class folders")
     if not splits:
         raise UserError(f"{src} has no split folders ({', '.join(sorted(set(SPLITS)))}); pack a folder "
                         f"`python -m core.data.prepare` wrote")
@@ -88,8 +90,6 @@ def pack(src: str | Path, dst: str | Path, max_side: int = 256, quality: int = 9
     Each split streams through `datasets.Dataset.from_generator` (sharded over `workers` processes) into
     an Arrow cache beside DST, which save_to_disk then writes as DST: the disk holds the packed size
     twice while it runs, the memory a batch of images per process."""
-    import datasets
-
     src, dst = Path(src).expanduser(), Path(dst).expanduser()
     if max_side < 1 or not 1 <= quality <= 100 or workers < 1:
         raise UserError(f"need max_side >= 1, quality in [1, 100] and workers >= 1, got {max_side}, "
@@ -99,6 +99,8 @@ def pack(src: str | Path, dst: str | Path, max_side: int = 256, quality: int = 9
     if dst.exists() and any(dst.iterdir()):
         raise UserError(f"{dst} exists and is not empty; pass a new folder")
     splits = _split_files(src)
+    import datasets  # after the checks: bad input is refused before this second-long import
+
     classes = sorted({c for files in splits.values() for _, c in files})
     index = {c: i for i, c in enumerate(classes)}
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=classes)})
@@ -106,8 +108,6 @@ def pack(src: str | Path, dst: str | Path, max_side: int = 256, quality: int = 9
     with tempfile.TemporaryDirectory(prefix=".pack-", dir=dst.parent) as cache:
         packed = {}
         for name, files in splits.items():
-            if not files:
-                raise UserError(f"{src}'s {name} split has no images ({', '.join(IMAGE_SUFFIXES)})")
             tasks = [(str(f), f.name, index[c], max_side, quality) for f, c in files]
             packed[name] = datasets.Dataset.from_generator(
                 _rows, features=features, cache_dir=cache, gen_kwargs={"tasks": tasks},
