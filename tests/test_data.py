@@ -21,6 +21,7 @@ from core.data import (
     list_datasets,
     load_idx_folder,
     load_mnist_digits,
+    made_splits,
     register_dataset,
 )
 from core.data import transforms as T
@@ -296,6 +297,26 @@ def test_registry_builds_made_datasets_and_accepts_new_ones():
     assert len(build_dataset("test-constant", "train", n=5)) == 5
     with pytest.raises(UserError, match="already registered"):
         register_dataset("test-constant")(lambda split: None)
+
+
+def test_made_splits_train_follows_the_seed_test_is_fixed_and_standardised_by_training_pixels():
+    def make(split, n, seed):
+        return DigitCanvas(split, n=n, canvas=40, seed=seed)
+
+    def images(ds):
+        return torch.stack([ds[i][0] for i in range(len(ds))])
+
+    train1, test1 = made_splits(make, 8, 6, seed=1)
+    train2, test2 = made_splits(make, 8, 6, seed=2)
+    assert (len(train1), len(test1)) == (8, 6)
+    assert not torch.equal(images(train1), images(train2))
+    assert torch.equal(images(test1), images(test2))
+    assert torch.equal(images(test1), images(make("test", 6, 0)))
+    train_s, test_s = made_splits(make, 8, 6, seed=1, standardize=True)
+    x, mean, std = images(train1), images(train1).mean(), images(train1).std()
+    torch.testing.assert_close(images(train_s), (x - mean) / std)
+    torch.testing.assert_close(images(test_s), (images(test1) - mean) / std)
+    assert train_s[0][1] == train1[0][1]  # labels pass through
 
 
 # ----------------------------------------------------------------------------- transforms

@@ -25,6 +25,7 @@ from .synthetic import (
     DigitCanvas,
     Standardized,
     TranslatedScaledMNIST,
+    made_splits,
     pixel_stats,
     standardized,
 )
@@ -32,7 +33,7 @@ from .synthetic import (
 __all__ = [
     "load_mnist_digits", "load_idx_folder", "DigitCanvas", "TranslatedScaledMNIST", "ClutteredMNIST",
     "HFImageDataset", "IDXDataset", "build_dataset", "register_dataset", "list_datasets", "PREPARE_HINTS",
-    "is_idx_folder", "Standardized", "pixel_stats", "standardized",
+    "is_idx_folder", "Standardized", "made_splits", "pixel_stats", "standardized",
 ]
 
 _REGISTRY: dict[str, Callable[..., Dataset]] = {}

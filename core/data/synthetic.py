@@ -220,3 +220,12 @@ def standardized(train_set: Dataset, test_set: Dataset, sample: int = 512) -> tu
     """Both datasets standardised with the pixel mean and std of the first `sample` training images."""
     mean, std = pixel_stats(train_set, sample)
     return Standardized(train_set, mean, std), Standardized(test_set, mean, std)
+
+
+def made_splits(make: Callable[[str, int, int], Dataset], train_size: int, test_size: int, seed: int,
+                standardize: bool = False) -> tuple[Dataset, Dataset]:
+    """(train, test) of a made task, make(split, n, seed) building each: the training images follow the
+    run's seed, the test images are drawn with seed 0, so every run is scored on the same ones; with
+    `standardize` both are standardised with the training pixels' mean and std (`standardized`)."""
+    made = make("train", train_size, seed), make("test", test_size, 0)
+    return standardized(*made) if standardize else made

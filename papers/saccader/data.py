@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from core.data import build_dataset, list_datasets, load_mnist_digits, standardized
+from core.data import build_dataset, list_datasets, load_mnist_digits, made_splits, standardized
 from core.data.transforms import ToSigned
 from core.errors import UserError
 from papers.saccader import preprocess
@@ -122,9 +122,8 @@ def build_datasets(cfg: SaccaderConfig):
         kw = dict(canvas=cfg.image_size, channels=cfg.channels, transform=ToSigned())
         if cfg.digit_scale:
             kw["scale_range"] = (cfg.digit_scale, cfg.digit_scale)
-        made = (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
-                build_dataset(cfg.dataset, "test", n=cfg.eval_size, seed=0, **kw))
-        return standardized(*made) if cfg.standardize_images else made
+        return made_splits(lambda split, n, seed: build_dataset(cfg.dataset, split, n=n, seed=seed, **kw),
+                           cfg.train_size, cfg.eval_size, cfg.seed, cfg.standardize_images)
     if cfg.standardize_images:
         raise UserError(f"standardize_images applies to the made tasks only, not to dataset {cfg.dataset!r} "
                         "(paper scale keeps the official input pipeline)")

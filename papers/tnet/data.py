@@ -1,7 +1,7 @@
 """TNet's datasets, shared by train.py and evaluate.py: the CPU canvases (real MNIST digits) and, at paper
 scale, ImageNet or fMoW through the official input pipeline (preprocess.py)."""
 
-from core.data import DigitCanvas, build_dataset, list_datasets, standardized
+from core.data import DigitCanvas, build_dataset, list_datasets, made_splits
 from core.data.transforms import to_signed
 from core.errors import UserError
 from papers.tnet import preprocess
@@ -21,14 +21,12 @@ def build_datasets(cfg: TNetConfig):
     if cfg.dataset == "digits":
         kw = dict(canvas=cfg.image_size, scale_range=cfg.digit_scale, num_clutter=cfg.num_clutter,
                   clutter_size=cfg.clutter_size, channels=cfg.channels, transform=to_signed)
-        made = (DigitCanvas("train", cfg.train_size, seed=cfg.seed, **kw),
-                DigitCanvas("test", cfg.eval_size, seed=0, **kw))
-        return standardized(*made) if cfg.standardize_images else made
+        return made_splits(lambda split, n, seed: DigitCanvas(split, n, seed=seed, **kw), cfg.train_size,
+                           cfg.eval_size, cfg.seed, cfg.standardize_images)
     if cfg.dataset in list_datasets():  # a made task of core.data, e.g. the cross-paper same-footing task
         kw = dict(canvas=cfg.image_size, channels=cfg.channels, transform=to_signed)
-        made = (build_dataset(cfg.dataset, "train", n=cfg.train_size, seed=cfg.seed, **kw),
-                build_dataset(cfg.dataset, "test", n=cfg.eval_size, seed=0, **kw))
-        return standardized(*made) if cfg.standardize_images else made
+        return made_splits(lambda split, n, seed: build_dataset(cfg.dataset, split, n=n, seed=seed, **kw),
+                           cfg.train_size, cfg.eval_size, cfg.seed, cfg.standardize_images)
     if cfg.standardize_images:
         raise UserError(f"standardize_images applies to the made tasks only, not to dataset {cfg.dataset!r} "
                         "(paper scale keeps the official input pipeline)")
