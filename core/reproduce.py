@@ -14,7 +14,7 @@ the flags under "health", and a flag raised or cleared unlike stored fails the c
 spec's claims whose runs it has, or only those its section lists (`claims = [...]`). The smoke scale is a
 wiring check of a few updates per run: it needs no stored results and passes on its own checks. --update
 (after all runs succeeded) stores the new numbers, provenance and per-run logs instead; nothing else ever
-writes the stored results.
+writes the stored results. The spec's `figures` command then redraws its figures from what was stored.
 """
 
 import itertools
@@ -22,6 +22,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -89,6 +90,10 @@ class Spec:
     health: list[HealthCheck] = field(default_factory=list)
     """The spec's [[health]] rules that apply at this scale (`scales = [...]`; default every scale but
     smoke, whose few updates learn nothing)."""
+    figures: list[str] = field(default_factory=list)
+    """The script and arguments that draw the spec's figures from the stored results, run after --update
+    at every scale but smoke; {results}, {logs} and {scale} stand for the result store, this scale's
+    stored logs and the scale."""
 
 
 def load_spec(path: str | Path, scale: str) -> Spec:
@@ -122,6 +127,15 @@ def load_spec(path: str | Path, scale: str) -> Spec:
                         ) from None
     except (TypeError, ValueError) as e:
         raise UserError(f"{path}: malformed entry ({e})") from None
+    figures = data.get("figures", [])
+    if not isinstance(figures, list) or not all(isinstance(a, str) for a in figures) or (
+            "figures" in data and not figures):
+        raise UserError(f"{path}: figures must be a list of strings (a script and its arguments)")
+    try:
+        for arg in figures:
+            arg.format(**_figure_values(Path("results"), data["paper"], scale))
+    except (KeyError, IndexError, ValueError) as e:
+        raise UserError(f"{path}: figures may name only {{results}}, {{logs}} and {{scale}} ({e})") from None
     names = [r.name for r in runs]
     if not runs or not seeds or len(set(names)) != len(names) or any("/" in n for n in names):
         raise UserError(f"{path}: scale {scale!r} needs seeds and runs with unique names without '/'")
@@ -129,7 +143,26 @@ def load_spec(path: str | Path, scale: str) -> Spec:
     return Spec(paper=data["paper"], description=sc.get("description", data.get("description", "")),
                 script=_repo_path(data["script"]), scale=scale, seeds=seeds,
                 jobs=int(sc.get("jobs", 1)), runs=runs, tolerances=tolerances, claims=checked,
-                unchecked=len(claims) - len(checked), health=health)
+                unchecked=len(claims) - len(checked), health=health, figures=figures)
+
+
+def _figure_values(results_dir: Path, paper: str, scale: str) -> dict[str, str]:
+    return {"results": str(results_dir), "logs": str(results_dir / paper / f"{scale}-logs"), "scale": scale}
+
+
+def draw_figures(spec: Spec, results_dir: Path) -> int:
+    """Run the spec's figure script on the results --update just stored, so the stored figures are always
+    drawn from the stored numbers; 0, or 1 with one line naming the command if it failed."""
+    script, *args = spec.figures
+    values = _figure_values(results_dir, spec.paper, spec.scale)
+    cmd = [sys.executable, str(_repo_path(script)), *(a.format(**values) for a in args)]
+    proc = subprocess.run(cmd, cwd=REPO_ROOT, capture_output=True, text=True)
+    if proc.returncode:
+        why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        print(f"FAIL: results stored, but drawing the figures failed ({shlex.join(cmd)}): {why}")
+        return 1
+    print("figures: " + ", ".join(proc.stdout.split()))
+    return 0
 
 
 def _scale_claims(path: Path, scale: str, section: dict, claims: list[dict], runs: set[str]) -> list[dict]:
@@ -376,7 +409,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     spec = load_spec(args.spec, args.scale)
-    for script in sorted({spec.script} | {run.script for run in spec.runs if run.script}):
+    figure_script = {_repo_path(spec.figures[0])} if spec.figures else set()
+    for script in sorted({spec.script} | {run.script for run in spec.runs if run.script} | figure_script):
         if not script.exists():
             raise UserError(f"{spec.paper} is not implemented yet ({script} does not exist)")
     jobs = max(1, args.jobs or spec.jobs)
@@ -447,6 +481,8 @@ def main(argv: list[str] | None = None) -> int:
                           cpu_time_s=round(sum(run_cpus.values()), 1))
         path = _store(spec, args.results_dir, measured, claims, flags, outputs, prov)
         print(f"\nstored {path} ({len(measured)} metrics, {len(claims)} claims; {wall:.0f}s)")
+        if spec.figures and spec.scale != UNSTORED_SCALE:
+            return draw_figures(spec, args.results_dir)
         return 0
     if required + problems:
         print(f"\nFAIL: {'; '.join(required + problems)}")

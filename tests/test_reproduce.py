@@ -6,6 +6,7 @@ real toy paper (tests/fixtures/toy_paper/) end to end through the shared loop.
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -264,6 +265,72 @@ def test_a_run_may_name_its_own_script(tmp_path, capsys):
     other.unlink()
     with pytest.raises(UserError, match="fake is not implemented yet .*other_train.py does not exist"):
         main([str(spec), "--scale", "cpu", "--results-dir", str(tmp_path / "results")])
+
+
+FIGURES = """
+import argparse, pathlib, sys
+p = argparse.ArgumentParser()
+p.add_argument("--logs", type=pathlib.Path); p.add_argument("--scale")
+p.add_argument("--fail", action="store_true")
+a = p.parse_args()
+if a.fail:
+    sys.exit("error: no such metric")
+runs = sorted(d.name for d in a.logs.iterdir())
+path = a.logs.parent / f"{a.scale}-figure.txt"
+path.write_text(" ".join(runs))
+print(path)
+"""
+
+
+@pytest.mark.unit
+def test_update_redraws_the_specs_figures_from_what_it_stored(tmp_path, capsys):
+    spec = _spec(tmp_path)
+    (tmp_path / "figures.py").write_text(FIGURES)
+    head = f'script = "{tmp_path / "fake_train.py"}"\n'
+    figures = f'figures = ["{tmp_path / "figures.py"}", "--logs", "{{logs}}", "--scale", "{{scale}}"]\n'
+    spec.write_text(spec.read_text().replace(head, head + figures))
+    assert _run(spec, tmp_path, "--update") == 0
+    drawn = tmp_path / "results" / "fake" / "cpu-figure.txt"
+    assert drawn.read_text() == "high low"  # drawn from the stored logs of every run
+    assert f"figures: {drawn}" in capsys.readouterr().out
+    drawn.unlink()
+    assert _run(spec, tmp_path) == 0 and not drawn.exists()  # a check draws nothing
+
+    spec.write_text(spec.read_text().replace('"{scale}"]', '"{scale}", "--fail"]'))
+    assert _run(spec, tmp_path, "--update") == 1  # stored, then the figure script failed: said in one line
+    out = capsys.readouterr().out
+    assert "FAIL: results stored, but drawing the figures failed (" in out
+    assert out.rstrip().endswith("): error: no such metric")
+    assert load_result(tmp_path / "results" / "fake" / "cpu.json")["metrics"]["low/acc"]["mean"] == 0.505
+
+    spec.write_text(spec.read_text().replace('"{logs}"', '"{log}"'))
+    with pytest.raises(UserError, match=r"figures may name only {results}, {logs} and {scale} \('log'\)"):
+        load_spec(spec, "cpu")
+    spec.write_text(spec.read_text().replace(str(tmp_path / "figures.py"), str(tmp_path / "nope.py")))
+    spec.write_text(spec.read_text().replace('"{log}"', '"{logs}"'))
+    with pytest.raises(UserError, match="fake is not implemented yet .*nope.py does not exist"):
+        main([str(spec), "--scale", "cpu", "--workdir", str(tmp_path / "unused")])
+    assert not (tmp_path / "unused").exists()  # refused before any run starts
+
+
+@pytest.mark.slow
+def test_stored_figures_are_what_the_committed_scripts_draw_from_the_stored_results(tmp_path):
+    """Every spec's figures, redrawn from a copy of results/, equal the stored files byte for byte."""
+    results = tmp_path / "results"
+    shutil.copytree(ROOT / "results", results)
+    checked = 0
+    for path in sorted((ROOT / "reproductions").glob("*.toml")):
+        spec = load_spec(path, "cpu")
+        if not spec.figures:
+            continue
+        before = {p: p.read_bytes() for p in (results / spec.paper).rglob("*.png")}
+        assert core.reproduce.draw_figures(spec, results) == 0, path.name
+        after = {p: p.read_bytes() for p in (results / spec.paper).rglob("*.png")}
+        assert after.keys() == before.keys(), f"{path.name} draws figures that are not stored"
+        stale = [str(p.relative_to(results)) for p in after if after[p] != before[p]]
+        assert not stale, f"stored figures differ from what {spec.figures[0]} draws now: {stale}"
+        checked += len(after)
+    assert checked >= 14
 
 
 @pytest.mark.unit

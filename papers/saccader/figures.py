@@ -165,8 +165,8 @@ def figure_training(logs: Path, out: Path) -> Path:
         ax.set(xlabel="updates within the stage", title=title)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=6)
-    shown = logs.resolve().relative_to(REPO) if logs.resolve().is_relative_to(REPO) else logs.name
-    fig.suptitle(f"training curves, mean over seeds ({shown})", fontsize=9)
+    # The logs' spec and scale, not their path: the same logs draw the same figure wherever they lie.
+    fig.suptitle(f"training curves, mean over seeds ({logs.parent.name}/{logs.name})", fontsize=9)
     return save_figure(fig, out / "training.png")
 
 
