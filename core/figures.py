@@ -1,8 +1,9 @@
 """Headless matplotlib for every figure script (no display on CI or cluster nodes), one way to write a
-figure file, one way to read a run's stored per-seed logs, and the two drawing rules every figure follows:
-point labels never overlap, and seeds are shown as points (a mean +- SD bar can leave the range a metric
-lives in)."""
+figure file, one way to read a run's stored per-seed logs and to name where its figures go, and the two
+drawing rules every figure follows: point labels never overlap, and seeds are shown as points (a mean +- SD
+bar can leave the range a metric lives in)."""
 
+import argparse
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from core.errors import UserError  # noqa: E402
 
-__all__ = ["label_points", "plt", "read_seed_logs", "save_figure", "seed_points"]
+__all__ = ["label_points", "logs_arguments", "plt", "read_seed_logs", "save_figure", "seed_points"]
 
 
 def read_seed_logs(folder: str | Path, hint: str = "") -> list[list[dict]]:
@@ -24,6 +25,25 @@ def read_seed_logs(folder: str | Path, hint: str = "") -> list[list[dict]]:
     if not paths:
         raise UserError(f"no logs under {folder} (expected {folder}/seed<S>.jsonl){hint}")
     return [[json.loads(line) for line in p.read_text().splitlines() if line.strip()] for p in paths]
+
+
+def logs_arguments(description: str, default_logs: str, argv: list[str] | None = None,
+                   **flags: str) -> tuple[argparse.Namespace, Path, str]:
+    """A figure script's command line over one stored run's logs: --logs (<results>/<paper>/<scale>-logs),
+    --out (default: the logs' parent) and a store_true option per `flags` item (name: help). Returns (args,
+    the output folder, created, and the scale the logs' folder names); a missing --logs is a one-line
+    UserError."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--logs", type=Path, default=Path(default_logs))
+    parser.add_argument("--out", type=Path, default=None, help="default: the parent of --logs")
+    for name, help_text in flags.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", action="store_true", help=help_text)
+    args = parser.parse_args(argv)
+    if not args.logs.is_dir():
+        raise UserError(f"log directory {args.logs} does not exist (run core.reproduce with --update first)")
+    out = args.out or args.logs.parent
+    out.mkdir(parents=True, exist_ok=True)
+    return args, out, args.logs.name.removesuffix("-logs")
 
 
 def save_figure(fig, path: str | Path, dpi: int = 120, layout: bool = True) -> Path:

@@ -8,7 +8,7 @@ from matplotlib.text import Text
 
 from core.compare import MODEL_NAMES, model_name
 from core.errors import UserError
-from core.figures import label_points, plt, read_seed_logs, save_figure
+from core.figures import label_points, logs_arguments, plt, read_seed_logs, save_figure
 from core.reproduce import load_spec
 from papers.tnet.figures import figure2
 
@@ -23,6 +23,18 @@ def test_save_figure_creates_the_folder_writes_a_png_and_closes(tmp_path):
     assert path == tmp_path / "a" / "b" / "line.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not plt.fignum_exists(fig.number)
+
+
+@pytest.mark.unit
+def test_logs_arguments_write_beside_the_logs_name_the_scale_and_refuse_missing_logs(tmp_path):
+    logs = tmp_path / "wsram" / "cpu-logs"
+    logs.mkdir(parents=True)
+    args, out, scale = logs_arguments("d", "unused", ["--logs", str(logs), "--only-curves"], only_curves="h")
+    assert (out, scale, args.only_curves) == (logs.parent, "cpu", True)
+    args, out, _ = logs_arguments("d", "unused", ["--logs", str(logs), "--out", str(tmp_path / "new")])
+    assert out.is_dir() and out == tmp_path / "new"
+    with pytest.raises(UserError, match="does not exist"):
+        logs_arguments("d", str(tmp_path / "absent-logs"), [])
 
 
 @pytest.mark.unit

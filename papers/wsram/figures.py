@@ -14,14 +14,13 @@ axis: the geometric mean and a band of +-1 standard deviation of log10).
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 
-from core.cli import fail, main_guard
+from core.cli import main_guard
 from core.errors import UserError
-from core.figures import plt, read_seed_logs, save_figure
+from core.figures import logs_arguments, plt, read_seed_logs, save_figure
 
 # run name in reproductions/wsram.toml -> legend label (Fig. 2 / Fig. 3 of the paper)
 FIG2_RUNS = {"var": "VAR", "var_c": "VAR+c", "wsram": "WS-RAM", "wsram_c": "WS-RAM+c",
@@ -101,17 +100,9 @@ def training_curves(logs: Path, path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--logs", type=Path, default=Path("results/wsram/cpu-logs"))
-    parser.add_argument("--out", type=Path, default=None, help="default: the parent of --logs")
-    parser.add_argument("--training-curves", action="store_true",
-                        help="only the training-error curves of every run under --logs")
-    args = parser.parse_args(argv)
-    if not args.logs.is_dir():
-        fail(f"log directory {args.logs} does not exist (run core.reproduce with --update first)")
-    out = args.out or args.logs.parent
-    out.mkdir(parents=True, exist_ok=True)
-    scale = args.logs.name.removesuffix("-logs")
+    args, out, scale = logs_arguments(
+        __doc__.split("\n")[0], "results/wsram/cpu-logs", argv,
+        training_curves="only the training-error curves of every run under --logs")
     if args.training_curves:
         paths = [training_curves(args.logs, out / f"{scale}-training-error.png")]
     else:

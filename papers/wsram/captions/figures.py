@@ -10,15 +10,14 @@ image-blind unigram model for reference.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import numpy as np
 
-from core.cli import fail, main_guard
+from core.cli import main_guard
 from core.errors import UserError
-from core.figures import plt, read_seed_logs, save_figure
+from core.figures import logs_arguments, plt, read_seed_logs, save_figure
 
 # run name in reproductions/wsram-captions.toml -> legend label (Fig. 4 uses Fig. 3's labels)
 RUNS = {"var": "VAR", "var_c": "VAR+c", "wsram": "WS-RAM", "wsram_c": "WS-RAM+c", "wsram_q": "WS-RAM+q",
@@ -61,15 +60,7 @@ def _unigram_reference(logs: Path) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--logs", type=Path, default=Path("results/wsram-captions/cpu-logs"))
-    parser.add_argument("--out", type=Path, default=None, help="default: the parent of --logs")
-    args = parser.parse_args(argv)
-    if not args.logs.is_dir():
-        fail(f"log directory {args.logs} does not exist (run core.reproduce with --update first)")
-    out = args.out or args.logs.parent
-    out.mkdir(parents=True, exist_ok=True)
-    scale = args.logs.name.removesuffix("-logs")
+    args, out, scale = logs_arguments(__doc__.split("\n")[0], "results/wsram-captions/cpu-logs", argv)
     path = figure4(args.logs, out / f"{scale}-fig4.png", _unigram_reference(args.logs))
     print(path)
     return path
