@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from core.errors import UserError
-from core.estimators import log_prob_without_replacement
+from core.estimators import EMABaseline, log_prob_without_replacement
 from core.metrics import count_multiplications, count_parameters
 from papers.tnet.config import CONFIGS, get_config, parse_locs, total_locations
 from papers.tnet.flops import PAPER_ROWS, multiplications, table
@@ -263,8 +263,6 @@ def test_loss_is_eq2_with_official_weighting_and_ema_update():
     cfg = dataclasses.replace(get_config("imagenet"), lambda_c=0.3, lambda_r=0.3, lambda_f=0.1)
     out, feats, log_p = _hand_output()
     targets = torch.tensor([0, 1])
-    from core.estimators import EMABaseline
-
     baseline = EMABaseline(0.9, 0.5)
     loss, stats = tnet_loss(out, targets, baseline, cfg)
     b = 0.5
@@ -290,8 +288,6 @@ def test_without_per_feature_regularisation_the_rule_is_eq1():
     cfg = dataclasses.replace(get_config("imagenet"), lambda_c=1.0, lambda_r=1.0, lambda_f=0.1)
     out, feats, log_p = _hand_output()
     targets = torch.tensor([0, 1])
-    from core.estimators import EMABaseline
-
     baseline = EMABaseline(0.9, 0.5)
     loss, _ = tnet_loss(out, targets, baseline, cfg)
     reward = torch.tensor([1.0, 1.0])
@@ -308,8 +304,6 @@ def test_fmow_stage2_regularises_only_the_first_two_levels():
     feats = [torch.randn(2, n, 4, requires_grad=True) for n in (1, 2, 4)]
     log_probs = [torch.randn(2, 2, requires_grad=True), torch.randn(2, 4, requires_grad=True)]
     out = TNetOutput(logits=torch.randn(2, 4), feature_logits=feats, log_probs=log_probs)
-    from core.estimators import EMABaseline
-
     loss, _ = tnet_loss(out, torch.tensor([0, 1]), EMABaseline(), cfg)
     loss.backward()
     assert feats[2].grad is None and feats[1].grad.any()
