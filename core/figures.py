@@ -31,8 +31,8 @@ def logs_arguments(description: str, default_logs: str, argv: list[str] | None =
                    **flags: str) -> tuple[argparse.Namespace, Path, str]:
     """A figure script's command line over one stored run's logs: --logs (<results>/<paper>/<scale>-logs),
     --out (default: the logs' parent) and a store_true option per `flags` item (name: help). Returns (args,
-    the output folder, created, and the scale the logs' folder names); a missing --logs is a one-line
-    UserError."""
+    the output folder, now created, and the scale that the logs' folder name gives); a missing --logs is a
+    one-line UserError."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--logs", type=Path, default=Path(default_logs))
     parser.add_argument("--out", type=Path, default=None, help="default: the parent of --logs")
