@@ -97,9 +97,6 @@ class SlotDigits(Dataset):
         boxes = cell_boxes(self.grid, self.cell)
         return [boxes[torch.tensor(cs)] for _, cs in self.tasks]
 
-    def float_images(self, index=slice(None)) -> torch.Tensor:
-        return self.images[index].float() / 255
-
     def __len__(self) -> int:
         return self.n
 
