@@ -133,7 +133,9 @@ def parse_args(get_config: Callable[[str], object], argv: list[str] | None = Non
 
     args.seed and args.output_dir are always resolved (defaults: the config's own `seed` field or 0, and
     runs/<paper>/<config>/seed<N>); when the config has top-level `seed` / `output_dir` fields they are set
-    too, so the returned config is the complete record of the run."""
+    too, so the returned config is the complete record of the run. Every check that needs no setup runs here,
+    before anything is printed: overrides, learning rates, the launcher, the batch sizes against the launched
+    processes, the output directory and whether it holds a run of another config."""
     parser = ArgumentParser(description=description)
     parser.add_argument("--config", default="cpu", metavar="NAME",
                         help="named config from config.py (default: cpu, the CPU-scale reproduction's)")
@@ -170,6 +172,8 @@ def parse_args(get_config: Callable[[str], object], argv: list[str] | None = Non
             out = Path(args.output_dir) if isinstance(cfg.output_dir, Path) else args.output_dir
             cfg = dataclasses.replace(cfg, output_dir=out)
         check_learning_rates(cfg)
+        check_launcher()
+        check_batch_sizes(cfg)
         check_output_dir(args.output_dir)
         check_resumable(cfg, args.output_dir)
     except ValueError as e:  # UserError, or a config's own __post_init__ validation
@@ -252,14 +256,13 @@ def main_guard(fn: Callable, *args, **kwargs):
 def run_paper(get_config: Callable[[str], object], run: Callable[[object, str], dict[str, float]],
               argv: list[str] | None = None, description: str | None = None) -> dict[str, float]:
     """The whole of a paper's train.py around its training procedure `run(cfg, output_dir) -> final metrics`:
-    the standard command line (parse_args); the batch sizes checked against the launched processes; the
-    config recorded in config.json before the first step (and a directory of another config refused); the
-    seed; then, on rank 0, final_metrics.json written and printed as one JSON line. Bad input is one line."""
+    the standard command line (parse_args, which also checks the launch and the batch sizes against its
+    processes); the config recorded in config.json before the first step (and a directory of another config
+    refused); the seed; then, on rank 0, final_metrics.json written and printed as one JSON line. Bad input
+    is one line."""
     cfg, args = parse_args(get_config, argv, description)
 
     def go() -> dict[str, float]:
-        check_launcher()
-        check_batch_sizes(cfg)
         begin_run(cfg, args.output_dir)
         torch.manual_seed(args.seed)
         metrics = run(cfg, args.output_dir)

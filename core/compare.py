@@ -364,6 +364,12 @@ def plot_same_footing(rows: list[dict], path: Path) -> None:
     save_figure(fig, path)
 
 
+DIFF_NOTE = ("`diff` is in the unit of the row's tolerance: ours / paper for a ratio band (`x[1/2, 2]`), "
+             "|ours - paper| / |paper| for a relative one (`±1%`), |ours - paper| for an absolute one "
+             "(`±0.05`), ours - paper for an exact one. Each paper's README (`papers/<paper>/README.md`) "
+             "explains its FAIL rows.")
+
+
 def render(results_dir: Path, out_dir: Path) -> str:
     """Write all tables and figures; return the Markdown summary."""
     reported, ours = load_store(results_dir)
@@ -398,6 +404,8 @@ def render(results_dir: Path, out_dir: Path) -> str:
     for stem, title, rows, columns in tables:
         write_csv(out_dir / f"{stem}.csv", rows, columns)
         md = markdown(rows, columns)
+        if stem == "paper_vs_ours":
+            md = f"{DIFF_NOTE}\n\n{md}"
         (out_dir / f"{stem}.md").write_text(f"# {title}\n\n{md}")
         sections.append(f"### {title}\n\n{md}")
     plot_models(tables[2][2], out_dir / "accuracy_vs_mults.png")

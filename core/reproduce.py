@@ -102,7 +102,8 @@ def load_spec(path: str | Path, scale: str) -> Spec:
     try:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
-        raise UserError(f"{path.stem} is not implemented yet (no reproduction spec at {path})") from None
+        specs = ", ".join(sorted(p.name for p in path.parent.glob("*.toml"))) or "none"
+        raise UserError(f"no reproduction spec at {path} (specs in {path.parent}: {specs})") from None
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{path}: invalid TOML ({e})") from None
     for key in ("paper", "script", "scales"):
@@ -439,8 +440,9 @@ def main(argv: list[str] | None = None) -> int:
     claims = flag_claims(evaluate_claims(measured, spec.claims), flags)
     unstored = stored is None and spec.scale == UNSTORED_SCALE
     if unstored:
+        listed = "and that the claims its section lists hold" if claims else "(its section lists no claim)"
         print(f"\nnothing stored at {spec.scale} scale: it checks that every run finishes with finite "
-              f"metrics and that the claims its section lists hold")
+              f"metrics {listed}")
     elif stored is None:
         print(f"\nno stored results at {stored_path}")
     problems = check(spec, measured, claims, stored)

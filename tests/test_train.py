@@ -412,6 +412,7 @@ class _Cfg:
     output_dir: str = "x"
     lr: float = 0.1
     steps: int = 10
+    batch_size: int = 4
     use_q: bool = False
     name: str = "a"
     sizes: tuple[int, ...] = (1, 2)
@@ -467,12 +468,13 @@ def test_parse_args_applies_typed_overrides():
     (["--config", "cpu", "--set", "lr=-0.001"], "lr must be a non-negative learning rate, got -0.001"),
     (["--config", "cpu", "--output-dir", __file__], "is a file, not a folder"),
     (["--config", "cpu", "--output-dir", f"{__file__}/run"], "is a file, not a folder"),
+    (["--config", "cpu", "--set", "batch_size=0"], "batch_size 0 is not a positive multiple"),
 ])
 def test_parse_args_errors_are_one_line_and_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as exc:
         parse_args(_get_config, argv)
-    err = capsys.readouterr().err
-    assert exc.value.code == 2
+    out, err = capsys.readouterr()
+    assert exc.value.code == 2 and out == ""  # refused before the "outputs in" line
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
 
 

@@ -254,7 +254,7 @@ def test_smoke_training_writes_metrics(smoke_run):
 @pytest.mark.smoke
 def test_evaluate_reloads_the_run(smoke_run):
     out, final = smoke_run
-    result = evaluate.main([str(out)])
+    result = evaluate.main(["--run-dir", str(out)])
     assert result["variant"] == "WS-RAM+q+c"
     assert 0 <= result["test_error"] <= 1 and 0 <= result["test_error_random_glimpses"] <= 1
 

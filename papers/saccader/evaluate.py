@@ -252,7 +252,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                              "run's occlusion_value; paper 0, mid grey on ImageNet; -1 the CPU canvases' "
                              "background)")
     args = parser.parse_args(argv)
-    return main_guard(evaluate_run, args.run_dir, args.images, args.occlusion_value)
+    metrics = main_guard(evaluate_run, args.run_dir, args.images, args.occlusion_value)
+    for k in sorted(k for k in metrics if k.startswith("accuracy")):
+        print(f"{k:<40} {metrics[k]:.4f}")
+    run = Path(args.run_dir)
+    print(f"every metric: {run / 'evaluation.json'}; glimpses for the overlays: {run / 'glimpses.pt'}")
+    return metrics
 
 
 if __name__ == "__main__":

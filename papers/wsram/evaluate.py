@@ -1,6 +1,6 @@
 """Evaluate a trained WS-RAM run on the test set (Table 1) with its own glimpses and with random ones.
 
-    python papers/wsram/evaluate.py RUN_DIR [--num-samples M] [--test-size N]
+    python papers/wsram/evaluate.py --run-dir RUN_DIR [--num-samples M] [--test-size N]
 
 RUN_DIR is a train.py output directory (config.json and checkpoints/step_<N>/); the latest checkpoint is
 used. Prints one JSON line:
@@ -48,7 +48,7 @@ def test_errors(cfg: WSRAMConfig, model: WSRAM, num_samples: int, test_size: int
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--num-samples", type=int, default=None, help="M (default: the run's num_samples)")
     parser.add_argument("--test-size", type=int, default=None, help="default: the run's test_size")
     args = parser.parse_args(argv)

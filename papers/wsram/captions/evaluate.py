@@ -1,6 +1,7 @@
 """Evaluate a trained caption model (WS-RAM §5.2): BLEU-1..4 on the test images (Table 2) and per-word NLL.
 
-    python papers/wsram/captions/evaluate.py RUN_DIR [--num-samples M] [--bleu-size N] [--beam-size K]
+    python papers/wsram/captions/evaluate.py --run-dir RUN_DIR [--num-samples M] [--bleu-size N]
+        [--beam-size K]
 
 RUN_DIR is a train.py output directory (config.json and checkpoints/step_<N>/); the latest checkpoint is
 used. Prints one JSON line. BLEU is corpus BLEU (nltk's `corpus_bleu`, no smoothing, uniform n-gram
@@ -128,7 +129,7 @@ def load_run(run_dir: Path) -> tuple[CaptionConfig, CaptionAttentionModel, Capti
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--num-samples", type=int, default=None, help="M for the NLL (default: the run's)")
     parser.add_argument("--bleu-size", type=int, default=None, help="test images to caption (default: run's)")
     parser.add_argument("--beam-size", type=int, default=None, help="1: greedy (default: the run's)")
