@@ -1,5 +1,9 @@
 """Fixtures shared by several test files, and the tier of every test."""
 
+import json
+import math
+from pathlib import Path
+
 import pytest
 import torch
 from PIL import Image
@@ -18,6 +22,19 @@ def tiny_imagenet(tmp_path):
                 pixels = torch.randint(0, 255, (250, 300, 3), dtype=torch.uint8).numpy()
                 Image.fromarray(pixels).save(folder / f"{i}.png")
     return root
+
+
+@pytest.fixture
+def training_log():
+    """read(run_dir) -> (stages in the order they first logged, highest step): a run's metrics.jsonl, after
+    checking that it logged a loss and that every logged loss is finite (a staged paper tags each record with
+    its stage; a single-stage run's only stage is None)."""
+    def read(run_dir):
+        records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+        losses = [r["loss"] for r in records if "loss" in r]
+        assert losses and all(math.isfinite(x) for x in losses), losses
+        return list(dict.fromkeys(r.get("stage") for r in records)), max(r["step"] for r in records)
+    return read
 
 
 TIERS = ("unit", "smoke", "slow")

@@ -327,11 +327,18 @@ def test_loss_masks_reinforce_on_supervised_examples():
 
 
 def test_forced_locations_are_used():
+    torch.manual_seed(0)
     net = HardAttentionNet(1, 24, 8, 4, 3, (1, 4, 1, 8, 0, 8), 16, 8, 8, members=2)
-    forced = torch.randint(16, (4, 2, 3))
+    images, forced = torch.rand(4, 1, 24, 24), torch.randint(16, (4, 2, 3))
     force = torch.tensor([[True, False]] * 4)
-    out = net(torch.rand(4, 1, 24, 24), forced, force)
+    torch.manual_seed(1)
+    out = net(images, forced, force)
     assert torch.equal(out["indices"][:, 0], forced[:, 0])
+    # member 1 is not forced: its own policy samples (same draws), whatever the forced tensor holds there
+    torch.manual_seed(1)
+    other = net(images, (forced + 1) % 16, force)["indices"]
+    assert torch.equal(other[:, 1], out["indices"][:, 1])
+    assert torch.equal(other[:, 0], (forced[:, 0] + 1) % 16)
 
 
 def test_adaptive_stopping_sweep():

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+import core.data.captions as captions_data
 from core.data.captions import (
     DigitCaptions,
     Vocabulary,
@@ -92,8 +93,11 @@ def test_digit_captions_match_their_scenes():
 
 
 @pytest.mark.unit
-def test_digit_caption_splits_use_disjoint_digits():
+def test_digit_caption_splits_use_disjoint_digits(monkeypatch):
+    pools, load = [], captions_data.load_mnist_digits
+    monkeypatch.setattr(captions_data, "load_mnist_digits", lambda split: pools.append(split) or load(split))
     train, test = DigitCaptions("train", 50), DigitCaptions("test", 50, pairs=False)
+    assert pools == ["train", "test"]  # each split draws its digits from its own MNIST split
     assert len(test) == test.num_images == 50 and len(train) == 50
     assert train.vocab.itos == test.vocab.itos
     assert not torch.equal(train.images, test.images)
@@ -220,16 +224,26 @@ def test_var_surrogate_is_the_variational_bound():
 
 
 @pytest.mark.unit
-def test_greedy_generation_stops_at_eos():
+def test_greedy_generation_stops_at_eos(monkeypatch):
+    """Row i's word head prefers <eos> at step i: each row ends there and is padded after it (words <pad>,
+    scales -1), and generation stops once every row has ended."""
     cfg = get_config("smoke")
     model = build_model(cfg)
     images, _, _ = _batch(cfg)
+    eos, word = model.vocab.stoi["<eos>"], len(model.vocab) - 1
+    steps = []
+
+    def word_logits(prev, h, z):
+        logits = torch.zeros(h.shape[0], len(model.vocab))
+        logits[:, word] = 1
+        logits[torch.arange(h.shape[0]) == len(steps), eos] = 2
+        steps.append(len(steps))
+        return logits
+
+    monkeypatch.setattr(model, "_word_logits", word_logits)
     words, scales = model.generate(images, max_len=6)
-    assert words.shape[0] == 4 and words.shape[1] <= 7 and scales.shape == words.shape
-    eos = model.vocab.stoi["<eos>"]
-    for row in words.tolist():
-        if eos in row:
-            assert all(w == 0 for w in row[row.index(eos) + 1:])
+    assert words.tolist() == [[word] * i + [eos] + [0] * (3 - i) for i in range(4)]
+    assert ((scales == -1) == torch.ones(4, 4, dtype=torch.bool).triu(1)).all()
 
 
 def _every_caption(vocab_size: int, eos: int, steps: int) -> list[list[int]]:

@@ -390,7 +390,8 @@ def test_reinforce_through_sampling_without_replacement_is_unbiased():
     """Score function of the without-replacement log-prob gives the exact gradient of E[r(pair)]."""
     base = torch.tensor([0.5, -0.3, 0.1, 0.8], dtype=DT)
     pairs = torch.tensor(list(itertools.permutations(range(4), 2)))
-    pair_reward = torch.linspace(0.0, 1.0, len(pairs), dtype=DT)[torch.randperm(len(pairs))]
+    order = torch.randperm(len(pairs), generator=torch.Generator().manual_seed(0))
+    pair_reward = torch.linspace(0.0, 1.0, len(pairs), dtype=DT)[order]
     reward_table = torch.zeros(4, 4, dtype=DT)
     reward_table[pairs[:, 0], pairs[:, 1]] = pair_reward
     leaf = base.clone().requires_grad_()

@@ -319,7 +319,7 @@ def test_dataset_names_point_to_the_preparation(tmp_path, name):
 # ---- one training step of the paper-scale configs on prepared fakes ----
 
 @pytest.mark.smoke
-def test_wsram_paper_config_trains_on_a_real_mnist_idx_folder(tmp_path):
+def test_wsram_paper_config_trains_on_a_real_mnist_idx_folder(tmp_path, training_log):
     from papers.wsram.config import get_config
     from papers.wsram.train import build_datasets, main
 
@@ -333,7 +333,8 @@ def test_wsram_paper_config_trains_on_a_real_mnist_idx_folder(tmp_path):
     sets = [f"dataset={tmp_path / 'mnist'}", "train_size=8", "test_size=4", "max_steps=1", "batch_size=2",
             "log_every=1", "eval_every=1", "train_probe_size=2", "grad_probes=2", "checkpoint_every=0"]
     main(["--config", "paper", "--output-dir", str(out), *sum((["--set", s] for s in sets), [])])
-    assert json.loads((out / "final_metrics.json").read_text())
+    final = json.loads((out / "final_metrics.json").read_text())
+    assert final["steps"] == 1 and 0 <= final["test_error"] <= 1 and training_log(out) == ([None], 1)
     with pytest.raises(UserError, match="nor an MNIST IDX folder"):
         get_config("paper").__class__(dataset=str(tmp_path / "src/nothing"))
 
@@ -347,36 +348,37 @@ def _train(paper: str, config: str, out: Path, sets: list[str]) -> dict:
 
 
 @pytest.mark.slow
-def test_tnet_imagenet_and_fmow_paper_configs_train_one_step_on_prepared_and_packed_fakes(tmp_path):
+def test_tnet_imagenet_and_fmow_paper_configs_train_one_step_on_prepared_and_packed_fakes(tmp_path,
+                                                                                          training_log):
     fake_ilsvrc(tmp_path / "ilsvrc")
     prepare("imagenet", tmp_path / "ilsvrc", tmp_path / "imagenet")
     common = ["batch_size=2", "max_steps=1", "measure_cost=false", "checkpoint_every=0", "log_every=1"]
-    metrics = _train("tnet", "imagenet", tmp_path / "run_in", [f"dataset={tmp_path / 'imagenet'}",
-                                                                "num_classes=3", *common])
-    assert 0 <= metrics["accuracy"] <= 1
     fake_fmow(tmp_path / "fmow_src")
     prepare("fmow", tmp_path / "fmow_src", tmp_path / "fmow", max_side=100)
-    metrics = _train("tnet", "fmow", tmp_path / "run_fmow", [f"dataset={tmp_path / 'fmow'}", "num_classes=2",
-                                                             *common])
-    assert 0 <= metrics["accuracy"] <= 1
     pack(tmp_path / "fmow", tmp_path / "fmow_packed", max_side=64)  # the faster pipeline reads the same
-    metrics = _train("tnet", "fmow", tmp_path / "run_packed", [f"dataset={tmp_path / 'fmow_packed'}",
-                                                               "num_classes=2", *common])
-    assert 0 <= metrics["accuracy"] <= 1
+    runs = (("imagenet", "imagenet", 3), ("fmow", "fmow", 2), ("fmow", "fmow_packed", 2))
+    for config, data, classes in runs:
+        out = tmp_path / f"run_{data}"
+        sets = [f"dataset={tmp_path / data}", f"num_classes={classes}", *common]
+        metrics = _train("tnet", config, out, sets)
+        assert 0 <= metrics["accuracy"] <= 1 and training_log(out) == ([None], 1), data
+        assert json.loads((out / "config.json").read_text())["dataset"] == str(tmp_path / data)
 
 
 @pytest.mark.slow
-def test_saccader_imagenet_paper_config_trains_every_stage_on_a_prepared_fake(tmp_path):
+def test_saccader_imagenet_paper_config_trains_every_stage_on_a_prepared_fake(tmp_path, training_log):
     fake_ilsvrc(tmp_path / "ilsvrc")
     prepare("imagenet", tmp_path / "ilsvrc", tmp_path / "imagenet")
     metrics = _train("saccader", "imagenet", tmp_path / "run", [
         f"dataset={tmp_path / 'imagenet'}", "num_classes=3", "batch_size=2", "representation.steps=1",
         "location.steps=1", "policy.steps=1", "checkpoint_every=0", "log_every=1"])
-    assert metrics
+    assert 0 <= metrics["test_accuracy"] <= 1
+    stages, _ = training_log(tmp_path / "run")
+    assert stages == ["representation", "saccader/location", "saccader/policy"], stages
 
 
 @pytest.mark.slow
-def test_boed_celeba_hq_paper_config_trains_on_a_prepared_fake(tmp_path):
+def test_boed_celeba_hq_paper_config_trains_on_a_prepared_fake(tmp_path, training_log):
     fake_celeba_hq(tmp_path / "src", n=16)
     prepare("celeba-hq", tmp_path / "src", tmp_path / "celeba", size=32)
     metrics = _train("boed", "celeba-hq", tmp_path / "run", [
@@ -385,7 +387,11 @@ def test_boed_celeba_hq_paper_config_trains_on_a_prepared_fake(tmp_path):
         "database_size=2", "num_samples=4", "posterior_steps=1", "posterior_batch_size=4", "max_steps=1",
         "batch_size=4", "eval_every=1", "replicates=1", "heatmap_images=2", "num_workers=1",
         "checkpoint_every=0", "log_every=1"])
-    assert metrics
+    assert 0 <= metrics["accuracy"] <= 1 and metrics["glimpses"] > 0 and metrics["mults"] > 0
+    stages, _ = training_log(tmp_path / "run")
+    assert stages == ["attention", "posterior", "summary"], stages
+    for task in ("Smiling", "Male"):  # the designed glimpse sequences, 2 per task
+        assert len(list((tmp_path / "run" / "sequences" / task).glob("*.txt"))) == 2, task
 
 
 @pytest.mark.slow

@@ -66,16 +66,19 @@ def test_every_op_matches_tensorflow_on_stored_outputs():
 def test_sample_distorted_bounding_box_respects_its_constraints():
     g = torch.Generator().manual_seed(0)
     box = [(0.6, 0.7, 0.9, 1.0)]  # the object, in the lower right corner
+    fallbacks = 0
     for _ in range(200):
         top, left, h, w = tf_image.sample_distorted_bounding_box(
             100, 160, box, min_object_covered=0.5, aspect_ratio_range=(0.5, 2.0), area_range=(0.3, 1.0),
             max_attempts=50, generator=g)
         assert 0 <= top and top + h <= 100 and 0 <= left and left + w <= 160
         if (h, w) == (100, 160):
+            fallbacks += 1
             continue  # every attempt failed: the whole image (TF's fallback)
         assert 0.3 * 16000 <= h * w and 0.5 <= w / h * (1 + 1e-9) and w / h <= 2 * (1 + 1 / h)
         inter = max(0, min(90, top + h) - max(60, top)) * max(0, min(160, left + w) - max(112, left))
         assert inter >= 0.5 * 30 * 48
+    assert fallbacks < 100, fallbacks  # most draws are real samples, not the fallback
 
 
 def test_hsv_round_trip_and_adjustments():

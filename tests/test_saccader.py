@@ -328,7 +328,7 @@ def test_digit_pairs_task():
     assert corners.min() >= 24 and data.key_boxes[..., 2:].max() <= 160 - 24
     y0, x0, y1, x1 = boxes[0].long().tolist()
     assert image[0, y0:y1, x0:x1].sum() > 0 and image.sum() > image[0, y0:y1, x0:x1].sum()
-    assert data.pairs[label] == (0, 1) or label > 0  # label = index of the unordered pair (a < b)
+    assert 0 <= label < len(data.pairs) == data.num_classes  # label = index of the unordered pair (a < b)
     assert data.pairs == [(a, b) for a in range(5) for b in range(a + 1, 5)]
 
 
@@ -524,7 +524,7 @@ def test_occlusion_classifier_width_defaults_to_the_config_width():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["imagenet", "imagenet-dram"])
-def test_paper_scale_train_and_eval_step(name, tmp_path, tiny_imagenet):
+def test_paper_scale_train_and_eval_step(name, tmp_path, tiny_imagenet, training_log):
     """Every stage of the exact ImageNet config (Saccader: eqs. 4, 5, 6 and the whole-image classifier;
     DRAM: both pretraining stages and the hybrid loss) takes one update at 224 px on a tiny image folder
     made here (4 classes x 2 images per split), then the final evaluation runs."""
@@ -538,6 +538,9 @@ def test_paper_scale_train_and_eval_step(name, tmp_path, tiny_imagenet):
     assert 0 <= metrics["test_accuracy"] <= 1
     assert metrics["test_accuracy"] == metrics["accuracy_learned_T6"]  # T = 6 (eq. 6, App. C)
     assert 0 < metrics["coverage_learned_T6"] <= 1 and 0 <= metrics["occluded_accuracy_learned_T6"] <= 1
+    trained = {"imagenet": ["classifier", "representation", "saccader/location", "saccader/policy"],
+               "imagenet-dram": ["classifier", "pretrain_wide", "pretrain_narrow", "policy"]}[name]
+    assert training_log(tmp_path / "out") == (trained, len(trained))  # 1 update each, steps run across stages
 
 
 @pytest.mark.unit

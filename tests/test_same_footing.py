@@ -1,13 +1,16 @@
 """The same-footing spec (reproductions/same-footing.toml): every paper's model on one task."""
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
 
+from core.cli import override
 from core.registry import get_paper
 from core.reproduce import REPO_ROOT, load_spec, main
 from core.results import load_result
+from papers.tnet.config import total_locations
 
 SPEC = REPO_ROOT / "reproductions" / "same-footing.toml"
 
@@ -38,9 +41,16 @@ def test_spec_runs_every_model_with_two_glimpses():
     assert scripts == {"tnet": "papers/tnet/train.py", "saccader": "papers/saccader/train.py",
                        "dram": "papers/saccader/train.py", "wsram_qc": "papers/wsram/train.py"}
     assert len(spec.seeds) >= 3
-    for run in spec.runs:
-        assert any(s.startswith("dataset=cluttered-mnist") for s in run.set)
-        assert "num_glimpses=2" in run.set or run.name != "wsram_qc"
+    glimpses = {}
+    for run in spec.runs:  # each run's config as its train.py resolves it
+        cfg = get_paper(Path(scripts[run.name]).parent.name).get_config(run.config)
+        for item in run.set:
+            field, _, value = item.partition("=")
+            cfg = override(cfg, field, value)
+        assert cfg.dataset == "cluttered-mnist", run.name
+        glimpses[run.name] = (total_locations(cfg.locs_per_grid) if run.name == "tnet"
+                              else cfg.num_glimpses if run.name == "wsram_qc" else cfg.train_glimpses)
+    assert glimpses == {"tnet": 2, "saccader": 2, "dram": 2, "wsram_qc": 2}
 
 
 @pytest.mark.smoke

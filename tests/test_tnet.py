@@ -229,11 +229,18 @@ def test_imagenet_geometry_pads_one_pixel_before():
     assert spec.stride_hw == (37, 37) and spec.pad_before == (1, 1)
 
 
-def test_baseline_returns_logits_and_resizes_input():
+def test_baseline_returns_logits_and_resizes_input(monkeypatch):
     cfg = dataclasses.replace(tiny(), model="baseline", input_size=27)
-    model = build_model(cfg)
+    model = build_model(cfg).eval()
     assert isinstance(model, Baseline)
-    assert model(torch.rand(2, 1, 54, 54)).shape == (2, 10)
+    seen, features = [], model.extractor.forward_features
+    monkeypatch.setattr(model.extractor, "forward_features", lambda x: seen.append(x) or features(x))
+    images = torch.rand(2, 1, 54, 54)
+    assert model(images).shape == (2, 10)
+    resized = F.interpolate(images, size=(27, 27), mode="bilinear", align_corners=False, antialias=False)
+    assert torch.equal(seen[0], resized)
+    model(resized)  # already at input_size: passed through untouched
+    assert seen[1] is resized
 
 
 def test_location_policy_gets_no_gradient_into_the_extractor():
@@ -403,14 +410,15 @@ def test_cli_rejects_unknown_config_in_one_line():
 
 
 @pytest.mark.slow
-def test_paper_scale_imagenet_train_and_eval_step(tmp_path, tiny_imagenet):
+def test_paper_scale_imagenet_train_and_eval_step(tmp_path, tiny_imagenet, training_log):
     """One training step and one evaluation step of the full ImageNet config at 224 px on a tiny image
     folder made here (4 classes x 2 images)."""
     from papers.tnet.train import run
 
     cfg = dataclasses.replace(get_config("imagenet"), dataset=str(tiny_imagenet), max_steps=1, num_classes=4,
-                              batch_size=2, eval_locs=("0", "3"), measure_cost=False)
+                              batch_size=2, eval_locs=("0", "3"), measure_cost=False, log_every=1)
     metrics = run(cfg, str(tmp_path / "out"))
+    assert training_log(tmp_path / "out") == ([None], 1)
     assert set(metrics) >= {"accuracy", "accuracy_locs0", "accuracy_locs3", "coverage"}
     assert metrics["coverage"] > 0 and "top5_locs3" not in metrics  # top-5 only from 10 classes
 

@@ -252,11 +252,18 @@ def test_smoke_training_writes_metrics(smoke_run):
 
 
 @pytest.mark.smoke
-def test_evaluate_reloads_the_run(smoke_run):
+def test_evaluate_reloads_the_run(smoke_run, monkeypatch):
     out, final = smoke_run
+    evaluated, test_errors = [], evaluate.test_errors
+    monkeypatch.setattr(evaluate, "test_errors", lambda cfg, model, *a: evaluated.append(model) or
+                        test_errors(cfg, model, *a))
     result = evaluate.main(["--run-dir", str(out)])
-    assert result["variant"] == "WS-RAM+q+c"
-    assert 0 <= result["test_error"] <= 1 and 0 <= result["test_error_random_glimpses"] <= 1
+    assert result["variant"] == "WS-RAM+q+c" and result["test_error"] == final["test_error"]
+    assert 0 <= result["test_error_random_glimpses"] <= 1
+    last = max((out / "checkpoints").glob("step_*"), key=lambda p: int(p.name.split("_")[1]))
+    weights = load_file(last / "model.safetensors")
+    state = evaluated[0].state_dict()
+    assert weights and all(torch.equal(state[k], v) for k, v in weights.items())  # the final weights
 
 
 @pytest.mark.unit

@@ -99,9 +99,10 @@ def test_var_is_unbiased_for_the_variational_bound(proposal, cv):
     want = torch.autograd.grad(bound, (theta_, clf_))
     for M in (2, 3):
         idx, prob = tuples(log_proposal(proposal, theta, eta), M)
-        got = expected_gradient(var_loss(proposal, cv), (theta, clf, eta), idx, prob)
-        for g, w in zip(got, want, strict=False):  # the loss's gradient is minus the ascent direction
+        *got, got_eta = expected_gradient(var_loss(proposal, cv), (theta, clf, eta), idx, prob)
+        for g, w in zip(got, want, strict=True):  # the loss's gradient is minus the ascent direction
             torch.testing.assert_close(-g, w, rtol=1e-10, atol=1e-12)
+        assert not got_eta.any()  # the proposal is fixed: no gradient reaches q
 
 
 def test_uncorrected_tempered_samples_bias_var():
@@ -119,10 +120,11 @@ def test_wsram_equals_the_finite_m_bound_gradient(proposal, cv):
     theta, clf, eta = problem()
     for M in (2, 3):
         idx, prob = tuples(log_proposal(proposal, theta, eta), M)
-        got = expected_gradient(wsram_loss(proposal, cv), (theta, clf, eta), idx, prob)
+        *got, got_eta = expected_gradient(wsram_loss(proposal, cv), (theta, clf, eta), idx, prob)
         want = finite_m_bound_gradient(proposal, M, theta, clf, eta)
-        for g, w in zip(got, want, strict=False):
+        for g, w in zip(got, want, strict=True):
             torch.testing.assert_close(-g, w, rtol=1e-10, atol=1e-12)
+        assert not got_eta.any()  # eq. 8 leaves q to its own loss (eq. 14)
 
 
 def test_wsram_bias_for_log_likelihood_shrinks_with_m():
