@@ -23,7 +23,6 @@ see `run_axes`). A run whose training does not measure its multiplications takes
 results/model-facts/cpu.json (reproductions/model_facts.py), counted on the model its stored config builds.
 """
 
-import argparse
 import csv
 import json
 import math
@@ -423,7 +422,9 @@ def update_readme(readme: Path, summary: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from core.cli import ArgumentParser  # accelerate and torch load only for the command line
+
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     parser.add_argument("--out", type=Path, default=None, help="default: <results-dir>/compare")
     parser.add_argument(

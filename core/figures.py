@@ -33,7 +33,9 @@ def logs_arguments(description: str, default_logs: str, argv: list[str] | None =
     --out (default: the logs' parent) and a store_true option per `flags` item (name: help). Returns (args,
     the output folder, now created, and the scale that the logs' folder name gives); a missing --logs is a
     one-line UserError."""
-    parser = argparse.ArgumentParser(description=description)
+    from core.cli import ArgumentParser  # accelerate loads only for a command line, not for core.compare
+
+    parser = ArgumentParser(description=description)
     parser.add_argument("--logs", type=Path, default=Path(default_logs))
     parser.add_argument("--out", type=Path, default=None, help="default: the parent of --logs")
     for name, help_text in flags.items():

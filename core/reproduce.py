@@ -141,9 +141,11 @@ def load_spec(path: str | Path, scale: str) -> Spec:
     if not runs or not seeds or len(set(names)) != len(names) or any("/" in n for n in names):
         raise UserError(f"{path}: scale {scale!r} needs seeds and runs with unique names without '/'")
     checked = _scale_claims(path, scale, sc, claims, set(names))
+    if not isinstance(sc.get("jobs", 1), int) or sc.get("jobs", 1) < 1:
+        raise UserError(f"{path}: [scales.{scale}] jobs must be an integer >= 1, got {sc['jobs']!r}")
     return Spec(paper=data["paper"], description=sc.get("description", data.get("description", "")),
                 script=_repo_path(data["script"]), scale=scale, seeds=seeds,
-                jobs=int(sc.get("jobs", 1)), runs=runs, tolerances=tolerances, claims=checked,
+                jobs=sc.get("jobs", 1), runs=runs, tolerances=tolerances, claims=checked,
                 unchecked=len(claims) - len(checked), health=health, figures=figures)
 
 
@@ -408,13 +410,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results",
                         help="result store root (default: results/ of this repository)")
     args = parser.parse_args(argv)
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
 
     spec = load_spec(args.spec, args.scale)
     figure_script = {_repo_path(spec.figures[0])} if spec.figures else set()
     for script in sorted({spec.script} | {run.script for run in spec.runs if run.script} | figure_script):
         if not script.exists():
             raise UserError(f"{spec.paper} is not implemented yet ({script} does not exist)")
-    jobs = max(1, args.jobs or spec.jobs)
+    jobs = args.jobs or spec.jobs
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     threads = max(1, cores // jobs)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"reproduce-{spec.paper}-{spec.scale}-"))

@@ -31,7 +31,6 @@ run writes results/bench/<device>.json with provenance.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import math
 import statistics
@@ -44,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from core.cli import main_guard
+from core.cli import ArgumentParser, main_guard
 from core.errors import UserError
 from core.glimpse import GridSpec, RetinaSensor, crop_and_resize, extract_patches, glimpse_top_left, retina
 from core.metrics import measure_latency, peak_memory
@@ -703,15 +702,17 @@ def run(quick: bool, device_name: str, results_dir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="CPU-scale stand-ins, a few rounds (seconds)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's, one per core); 1 on a machine shared with "
                              "other jobs, where waiting threads distort every timing")
     args = parser.parse_args(argv)
-    if args.threads:
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     main_guard(run, args.quick, args.device, args.results_dir)
     return 0

@@ -15,7 +15,6 @@ question is a GPU's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 from bench import made_jpegs  # reproductions/bench.py, beside this script
 
-from core.cli import main_guard
+from core.cli import ArgumentParser, main_guard
 from core.data import register_dataset
 from core.errors import UserError
 from core.results import REPO_ROOT, provenance, save_result
@@ -96,7 +95,7 @@ def run(batch: int, steps: int, images: int, workers: int, update: bool, results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=64, help="images per update (the issue's table: 64)")
     parser.add_argument("--steps", type=int, default=60, help="updates per run (the first is not timed)")
     parser.add_argument("--images", type=int, default=1024, help="training JPEGs in the made folder")

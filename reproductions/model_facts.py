@@ -19,7 +19,6 @@ A CPU fact goes stale when its result is stored again with another config; the c
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from core.cli import main_guard
+from core.cli import ArgumentParser, main_guard
 from core.compare import CONVENTION  # a fact counted by the paper's convention
 from core.metrics import count_multiplications, count_parameters, multiplications_by_module
 from core.reproduce import load_spec
@@ -229,7 +228,7 @@ def run(results_dir: Path, update: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--update", action="store_true", help="store the measured facts")
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")
     args = parser.parse_args(argv)

@@ -16,7 +16,6 @@ on a new machine.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import resource
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from core.cli import main_guard
+from core.cli import ArgumentParser, main_guard
 from core.errors import UserError
 from core.results import REPO_ROOT, load_result, provenance, save_result
 
@@ -140,7 +139,7 @@ def run(results_dir: Path, update: bool, readme: Path | None) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--update", action="store_true", help="store the timings")
     parser.add_argument("--readme", type=Path, default=None, help="README whose quick-start table to rewrite")
     parser.add_argument("--results-dir", type=Path, default=REPO_ROOT / "results")

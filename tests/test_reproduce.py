@@ -351,7 +351,13 @@ def test_spec_errors_are_user_errors(tmp_path):
         load_spec(spec, "smoke")
     with pytest.raises(UserError, match=r"no reproduction spec at .*nope.toml \(specs in .*: fake.toml\)"):
         load_spec(tmp_path / "nope.toml", "cpu")
-    spec.write_text(spec.read_text().replace('kind = "exact"', 'kind = "close"'))
+    with pytest.raises(UserError, match="--jobs must be >= 1, got 0"):
+        main([str(spec), "--jobs", "0"])
+    text = spec.read_text()
+    spec.write_text(text.replace("jobs = 2", "jobs = 0"))
+    with pytest.raises(UserError, match=r"\[scales.cpu\] jobs must be an integer >= 1, got 0"):
+        load_spec(spec, "cpu")
+    spec.write_text(text.replace('kind = "exact"', 'kind = "close"'))
     with pytest.raises(UserError, match="kind must be one of"):
         load_spec(spec, "cpu")
     (tmp_path / "bad.toml").write_text('paper = "x"\nscales = {}\n')

@@ -5,6 +5,7 @@ In-process tests use a tiny MLP; the multi-process, kill/resume and uneven-eval 
 """
 
 import dataclasses
+import importlib
 import json
 import os
 import signal
@@ -476,6 +477,28 @@ def test_parse_args_errors_are_one_line_and_exit_2(argv, message, capsys):
     out, err = capsys.readouterr()
     assert exc.value.code == 2 and out == ""  # refused before the "outputs in" line
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+COMMAND_LINES = (
+    "core.compare", "core.data.pack", "core.data.prepare", "core.reproduce", "papers.tnet.evaluate",
+    "papers.tnet.figures", "papers.tnet.flops", "papers.saccader.evaluate", "papers.saccader.figures",
+    "papers.wsram.evaluate", "papers.wsram.figures", "papers.wsram.captions.evaluate",
+    "papers.wsram.captions.figures", "papers.wsram.captions.encoder", "papers.boed.evaluate",
+    "papers.boed.figures", "reproductions.bench", "reproductions.end_to_end", "reproductions.model_facts",
+    "reproductions.prepare_times", "reproductions.quickstart_times",
+)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("module", COMMAND_LINES)
+def test_every_command_line_reports_a_usage_mistake_in_one_line(module, capsys, monkeypatch):
+    """An unknown flag (or a missing required argument, which argparse reports first) is one line, exit 2."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "reproductions"))
+    with pytest.raises(SystemExit) as exc:
+        importlib.import_module(module).main(["--no-such-flag"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("error: "), err
+    assert "--no-such-flag" in err or "arguments are required" in err, err
 
 
 @pytest.mark.unit

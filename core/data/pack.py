@@ -18,7 +18,6 @@ of one. A packed dataset is a different, faster pipeline; the official one reads
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import shutil
@@ -119,9 +118,9 @@ def pack(src: str | Path, dst: str | Path, max_side: int = 256, quality: int = 9
 
 
 def main(argv: list[str] | None = None) -> None:
-    from core.cli import main_guard
+    from core.cli import ArgumentParser, main_guard
 
-    parser = argparse.ArgumentParser(prog="python -m core.data.pack", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m core.data.pack", description=__doc__.split("\n")[0])
     parser.add_argument("src", help="a folder `python -m core.data.prepare` wrote (imagenet, fmow)")
     parser.add_argument("dst", help="the folder to write (pass it as --set dataset=DST)")
     parser.add_argument("--max-side", type=int, default=256, help="cap of each image's shorter side (px)")

@@ -26,7 +26,6 @@ extra space. Every problem is one line naming the file and what to do (exit 2).
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import json
@@ -361,9 +360,9 @@ def prepare(dataset: str, src: str | Path, dst: str | Path, **kw) -> dict[str, i
 
 
 def main(argv: list[str] | None = None) -> None:
-    from core.cli import main_guard
+    from core.cli import ArgumentParser, main_guard
 
-    parser = argparse.ArgumentParser(prog="python -m core.data.prepare", description=__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="python -m core.data.prepare", description=__doc__.split("\n")[0])
     parser.add_argument("dataset", choices=sorted(PREPARERS))
     parser.add_argument("src", help="the folder holding the download as distributed")
     parser.add_argument("dst", help="the folder to write (pass it as --set dataset=DST)")

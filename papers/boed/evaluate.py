@@ -9,14 +9,13 @@ and prints the test metrics as JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from pathlib import Path
 
 import torch
 
-from core.cli import main_guard
+from core.cli import ArgumentParser, main_guard
 from core.errors import UserError
 from core.glimpse import coverage, patch_boxes
 from core.metrics import correct, count_multiplications
@@ -167,7 +166,7 @@ def evaluate_run(run_dir: Path, split: str, batch_size: int) -> dict[str, float]
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", required=True, type=Path, help="output dir of a finished train.py run")
     parser.add_argument("--split", default="test", choices=("test", "val"))
     parser.add_argument("--batch-size", type=int, default=500)

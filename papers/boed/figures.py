@@ -17,14 +17,13 @@ record (stage "summary") holds each run's figure data, and writes into DIR (defa
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.colors import PowerNorm
 
-from core.cli import main_guard
+from core.cli import ArgumentParser, main_guard
 from core.errors import UserError
 from core.figures import plt, read_seed_logs, save_figure
 from core.glimpse import lattice_top_left
@@ -143,7 +142,7 @@ def fig7(summaries: list[dict], out: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", default="cpu")
     parser.add_argument("--results-dir", type=Path, default=Path(__file__).resolve().parents[2] / "results")
     parser.add_argument("--out", type=Path, default=None)

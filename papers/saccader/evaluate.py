@@ -23,14 +23,13 @@ For a learned policy L with a whole-image classifier, Fig. 5b on its axis (accur
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from core.cli import main_guard
+from core.cli import ArgumentParser, main_guard
 from core.glimpse import coverage, glimpse_top_left, patch_boxes
 from core.metrics import correct
 from core.results import save_result
@@ -244,7 +243,7 @@ def evaluate_run(run_dir: str, num_images: int = 8, occlusion_value: float | Non
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True)
     parser.add_argument("--images", type=int, default=8, help="test canvases stored with their glimpses")
     parser.add_argument("--occlusion-value", type=float, default=None, metavar="V",

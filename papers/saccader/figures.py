@@ -21,7 +21,6 @@ policy on test canvases (paper Fig. 4).
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 from pathlib import Path
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 from matplotlib.patches import Rectangle
 
-from core.cli import main_guard
+from core.cli import ArgumentParser, main_guard
 from core.errors import UserError
 from core.figures import plt, save_figure
 
@@ -216,7 +215,7 @@ def make_figures(results_dir: str, scale: str, out_dir: str | None, run_dir: str
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", default=str(REPO / "results"))
     parser.add_argument("--scale", default="cpu")
     parser.add_argument("--out", default=None, help="default: <results-dir>/saccader/figures")

@@ -10,7 +10,6 @@ DIR/overlays.png. The functions here are also what train.py uses for its final e
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core.cli import main_guard, override
+from core.cli import ArgumentParser, main_guard, override
 from core.errors import UserError
 from core.glimpse import coverage
 from core.metrics import correct, measure_latency, peak_memory
@@ -133,7 +132,7 @@ def attended_boxes(model: TNet, images: torch.Tensor, locs: tuple[int, ...] | No
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run-dir", required=True, type=Path, help="a train.py output directory")
     parser.add_argument("--locs", default=None, help="comma-separated settings, e.g. 0,1,2,3,5 or 2-1,2-2")
     parser.add_argument("--overlays", type=int, default=16, help="images drawn with attended boxes (0: none)")

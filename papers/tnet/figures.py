@@ -12,7 +12,6 @@ small hollow marker.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from core.cli import main_guard
+from core.cli import ArgumentParser, main_guard
 from core.errors import UserError
 from core.figures import label_points, plt, save_figure, seed_points
 
@@ -114,7 +113,7 @@ def draw_overlays(images: torch.Tensor, labels: torch.Tensor, preds: torch.Tenso
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results-dir", type=Path, default=REPO / "results")
     parser.add_argument("--out", type=Path, default=None, help="default: <results-dir>/tnet/figures")
     args = parser.parse_args(argv)

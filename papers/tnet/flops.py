@@ -13,13 +13,13 @@ Parameters follow the papers' convention: parameters + batch-norm moving statist
 
 from __future__ import annotations
 
-import argparse
 import sys
 
 import torch
 from torch import nn
 
 from core.backbones.efficientnet import MBConv
+from core.cli import ArgumentParser
 from core.metrics import count_multiplications, count_parameters
 from papers.tnet.config import get_config, parse_locs, total_locations
 from papers.tnet.model import TNet, build_model
@@ -103,7 +103,7 @@ def format_rows(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="TNet multiplications (eq. 11) vs. Tables 1 and 2")
+    parser = ArgumentParser(description="TNet multiplications (eq. 11) vs. Tables 1 and 2")
     parser.add_argument("--table", type=int, choices=(1, 2), default=None, help="only this table")
     args = parser.parse_args(argv)
     print(format_rows(table(args.table)))

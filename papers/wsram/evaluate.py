@@ -11,7 +11,6 @@ used. Prints one JSON line:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from core.cli import main_guard
+from core.cli import ArgumentParser, main_guard
 from core.errors import UserError
 from core.metrics import correct
 from core.runs import load_run
@@ -47,7 +46,7 @@ def test_errors(cfg: WSRAMConfig, model: WSRAM, num_samples: int, test_size: int
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--num-samples", type=int, default=None, help="M (default: the run's num_samples)")
     parser.add_argument("--test-size", type=int, default=None, help="default: the run's test_size")

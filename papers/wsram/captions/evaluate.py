@@ -12,7 +12,6 @@ captions are generated with the prior's most probable glimpse at every word, gre
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import warnings
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 from nltk.translate.bleu_score import corpus_bleu
 
-from core.cli import main_guard
+from core.cli import ArgumentParser, main_guard
 from core.data.captions import CaptionDataset, build_caption_dataset
 from core.errors import UserError
 from core.runs import load_config, load_weights
@@ -128,7 +127,7 @@ def load_run(run_dir: Path) -> tuple[CaptionConfig, CaptionAttentionModel, Capti
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--num-samples", type=int, default=None, help="M for the NLL (default: the run's)")
     parser.add_argument("--bleu-size", type=int, default=None, help="test images to caption (default: run's)")
