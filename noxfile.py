@@ -1,5 +1,6 @@
 """Sessions (`nox -l` lists them): tests, lint, smoke, compare, bench, model-facts, and
-`nox -s reproduce-<spec> [-- --scale smoke|cpu|paper --update]` for every reproductions/<spec>.toml.
+`nox -s reproduce-<spec> [-- --scale smoke|cpu|paper --update]` for every reproductions/<spec>.toml (paper
+scale: the five specs with a [scales.paper], tnet, saccader, wsram, wsram-captions and boed).
 
 Every session runs in one shared environment, .nox/shared: the first session builds it (torch==2.13.0 first,
 then the project with the exact versions of constraints.txt), later ones start in seconds, and it is rebuilt
